@@ -1,0 +1,274 @@
+"""CausalWanTransformer: diffusers' Wan transformer made block-causal.
+
+It is ``WanTransformer3DModel`` (same config, same state-dict keys, same modules) with what
+block-causal inference needs and diffusers lacks (REFERENCES.md):
+
+- a self-attention KV cache over earlier video blocks (``KVCache``): a forward attends to the
+  committed K/V of earlier frames plus its own fresh K/V, and stages its own K/V for commit;
+- the prompt's cross-attention K/V computed once and kept in the same cache;
+- RoPE offset by the block's first latent frame (``start_frame``), so a block sits at its place
+  in the video;
+- per-frame timesteps (``timestep`` of shape [B, F]): each frame gets its own modulation;
+- an optional local window with sink frames (LongLive), configured on the cache.
+
+With ``kv_cache=None`` it is plain full attention over the frames given (optionally under an
+explicit ``attention_mask``, which is how training sees a whole clip block-causally).
+Rows of one forward may start at different frames (``start_frame`` as a list): the batched
+executor runs the blocks of one tick together that way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from .kv_cache import KVCache
+
+
+@dataclass
+class _ForwardState:
+    """What the attention processors of one forward need to know; set by the model per call."""
+
+    kv_cache: KVCache | None = None
+    start_frames: list[int] | None = None
+    num_frames: int = 0
+    attention_mask: torch.Tensor | None = None
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs, as Wan does (same layout as diffusers' Wan processor)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class CausalWanAttnProcessor:
+    """Wan attention whose self-attention reads and stages the block KV cache.
+
+    One processor per layer and attention type; all share the model's ``_ForwardState``.
+    """
+
+    def __init__(self, layer: int, state: _ForwardState):
+        self.layer = layer
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if attn.is_cross_attention:
+            query, key, value = self._cross_qkv(attn, hidden_states, encoder_hidden_states)
+            mask = None
+        else:
+            query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
+        out = dispatch_attention_fn(query, key, value, attn_mask=mask)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _self_qkv(self, attn, hidden_states, rotary_emb):
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        query = _apply_rotary(query, *rotary_emb)
+        key = _apply_rotary(key, *rotary_emb)
+        cache = self.state.kv_cache
+        if cache is None:
+            return query, key, value, self.state.attention_mask
+        cache.stage(self.layer, self.state.start_frames, key, value)
+        key, value, mask = self._with_context(cache, key, value)
+        return query, key, value, mask
+
+    def _with_context(self, cache: KVCache, key: torch.Tensor, value: torch.Tensor):
+        """Prepend the committed K/V of the earlier frames each row may see."""
+        rows = key.shape[0]
+        per_row = [cache.context_frames(s, self.state.num_frames) for s in self.state.start_frames]
+        frames = sorted(set().union(*per_row))
+        if not frames:
+            return key, value, None
+        index = cache.token_index(frames)
+        cached_k = cache.k[self.layer].index_select(1, index).to(key.dtype)
+        cached_v = cache.v[self.layer].index_select(1, index).to(value.dtype)
+        if cached_k.shape[0] != rows:
+            cached_k = cached_k.expand(rows, -1, -1, -1)
+            cached_v = cached_v.expand(rows, -1, -1, -1)
+        key = torch.cat([cached_k, key], dim=1)
+        value = torch.cat([cached_v, value], dim=1)
+        if all(len(r) == len(frames) for r in per_row):
+            return key, value, None
+        visible = [[f in set(r) for f in frames for _ in range(cache.tokens_per_frame)] for r in per_row]
+        mask = torch.tensor(visible, dtype=torch.bool, device=key.device)
+        own = torch.ones(rows, key.shape[1] - mask.shape[1], dtype=torch.bool, device=key.device)
+        return key, value, torch.cat([mask, own], dim=1)[:, None, None, :]
+
+    def _cross_qkv(self, attn, hidden_states, context):
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        cache = self.state.kv_cache
+        if cache is not None and self.layer in cache.cross_kv:
+            key, value = cache.cross_kv[self.layer]
+        else:
+            key = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+            value = attn.to_v(context).unflatten(2, (attn.heads, -1))
+            if cache is not None:
+                cache.cross_kv[self.layer] = (key, value)
+        rows = query.shape[0]
+        if key.shape[0] != rows:
+            key, value = key.expand(rows, -1, -1, -1), value.expand(rows, -1, -1, -1)
+        return query, key, value
+
+
+class CausalWanTransformer(WanTransformer3DModel):
+    """``WanTransformer3DModel`` with a block KV cache, frame-offset RoPE and per-frame timesteps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._state = _ForwardState()
+        for layer, block in enumerate(self.blocks):
+            block.attn1.set_processor(CausalWanAttnProcessor(layer, self._state))
+            block.attn2.set_processor(CausalWanAttnProcessor(layer, self._state))
+
+    # diffusers' from_config/from_pretrained read the config keys off __init__'s signature.
+    __init__.__signature__ = inspect.signature(WanTransformer3DModel.__init__)
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        _, p_h, p_w = self.config.patch_size
+        return (height // p_h) * (width // p_w)
+
+    def new_kv_cache(
+        self,
+        num_frames: int,
+        height: int,
+        width: int,
+        batch_size: int = 1,
+        local_window: int | None = None,
+        sink_frames: int = 0,
+        device=None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty cache for a video of ``num_frames`` latent frames of ``height``×``width``."""
+        heads = self.config.num_attention_heads
+        return KVCache(
+            num_layers=len(self.blocks),
+            num_frames=num_frames // self.config.patch_size[0],
+            tokens_per_frame=self.tokens_per_frame(height, width),
+            num_heads=heads,
+            head_dim=self.config.attention_head_dim,
+            batch_size=batch_size,
+            local_window=local_window,
+            sink_frames=sink_frames,
+            device=device if device is not None else self.device,
+            dtype=dtype or self.dtype,
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        start_frame: int | Sequence[int] = 0,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ):
+        """Denoise ``hidden_states`` [B, C, F, H, W] whose first latent frame is ``start_frame``.
+
+        ``timestep``: [B] (one per row) or [B, F] (one per latent frame). With ``kv_cache`` the
+        rows attend to the committed K/V of earlier frames and stage their own; without it,
+        attention is full over the given frames, restricted by ``attention_mask`` if given
+        (bool, broadcastable to [B, heads, tokens, tokens], True = may attend).
+        """
+        rows, _, num_frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        frames, grid_h, grid_w = num_frames // p_t, height // p_h, width // p_w
+        start_frames = self._start_frames(start_frame, rows)
+        if kv_cache is not None and attention_mask is not None:
+            raise ValueError("attention_mask is for cache-free forwards; the cache builds its own")
+
+        rotary_emb = self._rope(start_frames, frames, grid_h, grid_w, hidden_states.device)
+        tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        temb, modulation = self._time_embedding(timestep, rows, frames, grid_h * grid_w, tokens.dtype)
+        context = self._text_context(encoder_hidden_states, kv_cache)
+
+        with self._forward_state(kv_cache, start_frames, frames, attention_mask):
+            for block in self.blocks:
+                tokens = block(tokens, context, modulation, rotary_emb)
+
+        output = self._head(tokens, temb).reshape(rows, frames, grid_h, grid_w, p_t, p_h, p_w, -1)
+        output = output.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+    @staticmethod
+    def _start_frames(start_frame, rows: int) -> list[int]:
+        if isinstance(start_frame, int):
+            return [start_frame] * rows
+        starts = [int(s) for s in start_frame]
+        if len(starts) != rows:
+            raise ValueError(f"start_frame has {len(starts)} entries for {rows} rows")
+        return starts
+
+    def _rope(self, start_frames: list[int], frames: int, grid_h: int, grid_w: int, device):
+        """diffusers' RoPE tables for frames [start, start + frames), one per distinct start."""
+        p_t, p_h, p_w = self.config.patch_size
+        per_frame = grid_h * grid_w
+        tables = {}
+        for start in set(start_frames):
+            shape_only = torch.empty(1, 1, (start + frames) * p_t, grid_h * p_h, grid_w * p_w, device="meta")
+            cos, sin = self.rope(shape_only)
+            tables[start] = (cos[:, start * per_frame :], sin[:, start * per_frame :])
+        if len(tables) == 1:
+            return tables[start_frames[0]]
+        cos = torch.cat([tables[s][0] for s in start_frames])
+        sin = torch.cat([tables[s][1] for s in start_frames])
+        return cos.to(device), sin.to(device)
+
+    def _time_embedding(self, timestep: torch.Tensor, rows: int, frames: int, per_frame: int, dtype):
+        """Scalar timesteps take diffusers' own path; per-frame ones are embedded per frame and
+        spread to that frame's tokens."""
+        embedder = self.condition_embedder
+        timestep = torch.as_tensor(timestep, device=self.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(rows)
+        per_frame_steps = timestep.ndim == 2
+        if per_frame_steps and timestep.shape != (rows, frames):
+            raise ValueError(f"per-frame timestep must be [{rows}, {frames}], got {list(timestep.shape)}")
+        projected = embedder.timesteps_proj(timestep.flatten())
+        time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        temb = embedder.time_embedder(projected.to(time_dtype)).to(dtype)
+        modulation = embedder.time_proj(embedder.act_fn(temb))
+        if not per_frame_steps:
+            return temb, modulation.unflatten(1, (6, -1))
+        temb = temb.unflatten(0, (rows, frames)).repeat_interleave(per_frame, dim=1)
+        modulation = modulation.unflatten(0, (rows, frames)).repeat_interleave(per_frame, dim=1)
+        return temb, modulation.unflatten(2, (6, -1))
+
+    def _text_context(self, encoder_hidden_states: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        if kv_cache is None:
+            return self.condition_embedder.text_embedder(encoder_hidden_states)
+        if not kv_cache.set_text(encoder_hidden_states) or kv_cache.text_context is None:
+            kv_cache.text_context = self.condition_embedder.text_embedder(encoder_hidden_states)
+        return kv_cache.text_context
+
+    @contextmanager
+    def _forward_state(self, kv_cache, start_frames, frames, attention_mask):
+        state = self._state
+        state.kv_cache, state.start_frames, state.num_frames = kv_cache, start_frames, frames
+        state.attention_mask = attention_mask
+        try:
+            yield
+        finally:
+            state.kv_cache, state.start_frames, state.attention_mask = None, None, None
+
+    def _head(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        if temb.ndim == 3:
+            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        tokens = (self.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        return self.proj_out(tokens)
