@@ -1,0 +1,78 @@
+"""Command line: ``python -m cascade generate|train|eval ...`` (see ``--help`` of each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="what the video shows")
+    parser.add_argument("--model", default=None, help="model name (default: the bundled tiny-shapes)")
+    parser.add_argument("--blocks", type=int, default=8, help="video length in blocks of 3 latent frames")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the model's)")
+    parser.add_argument("--window", type=int, default=4, help="cascade: blocks in flight at once")
+    parser.add_argument("--stride", type=int, default=1, help="cascade: steps a block runs before the next starts")
+    parser.add_argument("--no-recache", action="store_true", help="skip the clean K/V rewrite after each block")
+    parser.add_argument("--joint", action="store_true",
+                        help="cascade: denoise the blocks in flight in one forward, attending to each other")
+    parser.add_argument("--executor", choices=("local", "batched"), default="local",
+                        help="local: one item at a time; batched: a tick's items in one forward")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"\r{fraction:6.1%} {message}", end="", file=sys.stderr, flush=True)
+    if fraction >= 1:
+        print(file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .service import GenerateRequest, generate
+    from .video import write_mp4
+
+    request = GenerateRequest(
+        prompt=args.prompt, mode=args.mode, model=args.model, blocks=args.blocks, steps=args.steps,
+        window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
+        executor=args.executor, seed=args.seed, threads=args.threads,
+    )
+    result = generate(request, progress=_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.save(args.out / "frames.npy", result.frames)
+    write_mp4(result.frames, args.out / "video.mp4", fps=8, scale=4)
+    (args.out / "stats.json").write_text(json.dumps(result.stats, indent=1) + "\n")
+    if result.unknown_words:
+        print(f"words the model does not know (ignored): {', '.join(result.unknown_words)}", file=sys.stderr)
+    s = result.stats
+    print(f"{s['mode']}: {s['frames']} frames in {s['latency_s']:.2f} s ({s['fps']:.1f} FPS), "
+          f"{s['ticks']} ticks, {s['forwards']} forwards -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cascade", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="generate one video")
+    _add_run_options(generate)
+    generate.add_argument("--mode", choices=("serial", "cascade"), default="serial")
+    generate.set_defaults(run=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

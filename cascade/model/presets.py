@@ -1,0 +1,176 @@
+"""Named models: a transformer, its text encoder, its decoder and its sampler, loaded together.
+
+- ``tiny-shapes``: the bundled model (``cascade/weights/tiny-shapes``), pixel space, offline.
+- ``random-tiny``: the same classes in the tiny configuration with *random weights*; it makes
+  noise, and exists only to exercise the plumbing (tests, smoke runs).
+- ``random-wan2.1-1.3b``: Wan2.1-T2V-1.3B's transformer configuration with random weights, for
+  timing the full-size computation on a GPU; frames are a preview of the latents, not video.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..sampling import FlowMatchSampler
+from .text import TextEncoder, ToyTextEncoder, WordTokenizer
+from .transformer import CausalWanTransformer
+
+WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
+TRANSFORMER_FILE = "transformer.safetensors"
+MODEL_CONFIG_FILE = "model.json"
+
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6,
+)
+TINY = dict(
+    patch_size=(1, 8, 8), num_attention_heads=4, attention_head_dim=48, in_channels=3, out_channels=3,
+    text_dim=128, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=256,
+)
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Geometry of one video block in the transformer's input space."""
+
+    channels: int
+    frames_per_block: int
+    height: int
+    width: int
+
+    def block_shape(self) -> tuple[int, int, int, int, int]:
+        return (1, self.channels, self.frames_per_block, self.height, self.width)
+
+
+@dataclass
+class CascadeModel:
+    """Everything a pipeline needs from a model, already on its device."""
+
+    name: str
+    description: str
+    transformer: CausalWanTransformer
+    text_encoder: object  # encode_prompts(list[str]) -> (embeddings [B, L, D], unknown words)
+    decode: Callable[[torch.Tensor], np.ndarray]  # latents [1, C, F, H, W] -> uint8 [T, H, W, 3]
+    sampler: FlowMatchSampler
+    layout: LatentLayout
+    fps: float
+    random_weights: bool
+    local_window: int | None = None
+    sink_frames: int = 0
+
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
+        return self.text_encoder.encode_prompts(prompts)
+
+
+def decode_pixels(latents: torch.Tensor) -> np.ndarray:
+    """Pixel-space latents in [-1, 1], [1, 3, F, H, W] -> uint8 frames [F, H, W, 3]."""
+    frames = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def preview_latents(latents: torch.Tensor) -> np.ndarray:
+    """A viewable stand-in for undecoded latents: the first three channels, normalised."""
+    x = latents[0, :3].float()
+    x = (x - x.amin()) / (x.amax() - x.amin() + 1e-6) * 2 - 1
+    return decode_pixels(x[None])
+
+
+class RandomTextEncoder:
+    """A fixed random embedding per word, for random-weight presets: no vocabulary, no training."""
+
+    def __init__(self, dim: int, max_length: int, device, dtype):
+        self.dim, self.max_length, self.device, self.dtype = dim, max_length, device, dtype
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
+        from .text import split_words
+
+        out = torch.zeros(len(prompts), self.max_length, self.dim)
+        for row, prompt in enumerate(prompts):
+            for i, word in enumerate(split_words(prompt)[: self.max_length]):
+                seed = int.from_bytes(word.encode()[:8].ljust(8, b"\0"), "little") % (2**63)
+                out[row, i] = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+        return out.to(self.device, self.dtype), [[] for _ in prompts]
+
+
+def available_models() -> list[str]:
+    bundled = sorted(p.name for p in WEIGHTS_ROOT.iterdir() if (p / MODEL_CONFIG_FILE).exists()) if WEIGHTS_ROOT.exists() else []
+    return bundled + ["random-tiny", "random-wan2.1-1.3b"]
+
+
+def default_model_name() -> str:
+    return "tiny-shapes" if (WEIGHTS_ROOT / "tiny-shapes" / MODEL_CONFIG_FILE).exists() else "random-tiny"
+
+
+def load_model(name: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> CascadeModel:
+    """Load a model by name (see ``available_models``), or a bundled folder by path."""
+    name = name or default_model_name()
+    if name == "random-tiny":
+        return _random_model(name, TINY, LatentLayout(3, 3, 64, 64), decode_pixels, 8.0, device, dtype or torch.float32,
+                             "tiny configuration with RANDOM weights: plumbing only, it makes noise")
+    if name == "random-wan2.1-1.3b":
+        return _random_model(name, WAN_1_3B, LatentLayout(16, 3, 60, 104), preview_latents, 16.0, device,
+                             dtype or torch.bfloat16, "Wan2.1-T2V-1.3B transformer with RANDOM weights: timing only")
+    folder = Path(name) if Path(name).is_dir() else WEIGHTS_ROOT / name
+    if not (folder / MODEL_CONFIG_FILE).exists():
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return load_folder(folder, device=device, dtype=dtype or torch.float32)
+
+
+def _on(transformer: CausalWanTransformer, device, dtype: torch.dtype) -> CausalWanTransformer:
+    """Move to ``device`` in ``dtype``, keeping the modules diffusers keeps in float32 there."""
+    transformer = transformer.to(device=device)
+    if dtype != torch.float32:
+        for name, module in transformer.named_modules():
+            if not any(part in transformer._keep_in_fp32_modules for part in name.split(".")):
+                for param in module.parameters(recurse=False):
+                    param.data = param.data.to(dtype)
+    return transformer.eval()
+
+
+def _random_model(name, config, layout, decode, fps, device, dtype, description) -> CascadeModel:
+    torch.manual_seed(0)
+    transformer = _on(CausalWanTransformer(**config), device, dtype)
+    text = RandomTextEncoder(config["text_dim"], 32, device, dtype)
+    sampler = FlowMatchSampler((1000, 750, 500, 250), shift=5.0, warp=True, prediction="flow")
+    return CascadeModel(name, description, transformer, text, decode, sampler, layout, fps, random_weights=True)
+
+
+def save_folder(folder: str | Path, transformer: CausalWanTransformer, text_encoder: TextEncoder, info: dict) -> None:
+    """Write a loadable model folder: transformer weights and config, text encoder, model.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16 if info.get("half", True) else torch.float32).contiguous()
+             for k, v in transformer.state_dict().items()}
+    save_file(state, str(folder / TRANSFORMER_FILE))
+    transformer.save_config(folder)
+    text_encoder.save(folder)
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.float32) -> CascadeModel:
+    folder = Path(folder)
+    info = json.loads((folder / MODEL_CONFIG_FILE).read_text())
+    transformer = CausalWanTransformer.from_config(CausalWanTransformer.load_config(folder))
+    transformer.load_state_dict({k: v.float() for k, v in load_file(str(folder / TRANSFORMER_FILE)).items()})
+    transformer = _on(transformer, device, dtype)
+    text = TextEncoder.from_folder(folder)
+    text.encoder.to(device=device, dtype=dtype)
+    sampler = FlowMatchSampler(tuple(info["timesteps"]), info["shift"], info["warp"], info["prediction"])
+    layout = LatentLayout(**info["layout"])
+    return CascadeModel(
+        name=info["name"], description=info["description"], transformer=transformer, text_encoder=text,
+        decode=decode_pixels, sampler=sampler, layout=layout, fps=info["fps"], random_weights=False,
+        local_window=info.get("local_window"), sink_frames=info.get("sink_frames", 0),
+    )
+
+
+__all__ = ["CascadeModel", "LatentLayout", "ToyTextEncoder", "WordTokenizer", "available_models", "load_model"]

@@ -1,0 +1,162 @@
+"""One block-causal pipeline for every schedule and every executor.
+
+``DenoiseJob`` is the math of one video: how an item's input becomes its output (a forward of
+the transformer, x0, re-noising) and what noise each item uses. It knows nothing of devices or
+of how items are spread over workers. An executor (``cascade.backend``) walks a schedule tick by
+tick, runs the job's items where it likes and keeps the context rule: every item of tick τ sees
+the K/V that earlier blocks had at the end of tick τ−1. ``BlockCausalPipeline`` joins a model,
+a schedule and an executor into frames and a timeline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .model.kv_cache import KVCache
+from .model.presets import LatentLayout
+from .sampling import FlowMatchSampler, item_noise
+from .schedule import Schedule, WorkItem
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class DenoiseJob:
+    """The device-free math of denoising one video block by block.
+
+    ``joint``: the items of one call are consecutive blocks denoised in a single forward with
+    bidirectional attention among them (the paper's Figure 2 variant): a different computation,
+    not a different executor, so only executors that run a whole tick in one call accept it.
+    """
+
+    transformer: torch.nn.Module
+    text: torch.Tensor
+    sampler: FlowMatchSampler
+    layout: LatentLayout
+    num_blocks: int
+    seed: int
+    joint: bool = False
+    local_window: int | None = None
+    sink_frames: int = 0
+    _text_on: dict = field(default_factory=dict, repr=False)
+
+    def new_cache(self, device) -> KVCache:
+        lay = self.layout
+        return self.transformer.new_kv_cache(
+            self.num_blocks * lay.frames_per_block, lay.height, lay.width,
+            local_window=self.local_window, sink_frames=self.sink_frames, device=device,
+        )
+
+    def initial_latent(self, block: int, device) -> torch.Tensor:
+        return item_noise(self.seed, block, 0, self.layout.block_shape(), device=device, dtype=self._dtype())
+
+    def text_on(self, device) -> torch.Tensor:
+        """The prompt embedding on ``device``, one tensor per device so the cross cache can key on it."""
+        key = str(torch.device(device))
+        if key not in self._text_on:
+            self._text_on[key] = self.text.to(device=device, dtype=self._dtype())
+        return self._text_on[key]
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @torch.no_grad()
+    def run(self, items: Sequence[WorkItem], inputs: Sequence[torch.Tensor], cache: KVCache) -> list[torch.Tensor]:
+        """One forward for ``items`` (rows of a batch, or one joint row); returns their outputs.
+
+        A step's output is the next step's input (x0 re-noised to the next level), or x0 after
+        the last step. A recache item's output is its input: it only stages clean K/V.
+        """
+        if self.joint:
+            outputs = self._forward_joint(items, inputs, cache)
+        else:
+            outputs = self._forward_rows(items, inputs, cache)
+        return [self._advance(item, x, out) for item, x, out in zip(items, inputs, outputs)]
+
+    def _timestep(self, item: WorkItem) -> float:
+        return 0.0 if item.is_recache else self.sampler.model_timesteps[item.step]
+
+    def _start_frame(self, item: WorkItem) -> int:
+        return item.block * self.layout.frames_per_block
+
+    def _forward_rows(self, items, inputs, cache) -> list[torch.Tensor]:
+        x = torch.cat(list(inputs))
+        t = torch.tensor([self._timestep(i) for i in items], device=x.device)
+        starts = [self._start_frame(i) for i in items]
+        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=starts).sample
+        return list(out.split(1))
+
+    def _forward_joint(self, items, inputs, cache) -> list[torch.Tensor]:
+        blocks = [i.block for i in items]
+        if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
+            raise ValueError(f"a joint forward needs consecutive blocks, got {blocks}")
+        x = torch.cat(list(inputs), dim=2)
+        per_frame = [self._timestep(i) for i in items for _ in range(self.layout.frames_per_block)]
+        t = torch.tensor([per_frame], device=x.device)
+        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=self._start_frame(items[0])).sample
+        return list(out.split(self.layout.frames_per_block, dim=2))
+
+    def _advance(self, item: WorkItem, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        if item.is_recache:
+            return x
+        x0 = self.sampler.predict_x0(x, output, item.step)
+        if item.step == self.sampler.num_steps - 1:
+            return x0
+        noise = item_noise(self.seed, item.block, item.step + 1, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+        return self.sampler.next_input(x0, item.step, noise)
+
+
+@dataclass
+class PipelineOutput:
+    frames: "object"  # uint8 numpy array [T, H, W, 3]
+    latents: torch.Tensor  # [1, C, F, H, W] on the CPU
+    schedule: Schedule
+    timeline: list
+    model_calls: int
+    executor: str
+    workers: int
+    unknown_words: list[str]
+    text_s: float
+    decode_s: float
+
+
+class BlockCausalPipeline:
+    """Runs one prompt through a block-causal model under any schedule on any executor."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(
+        self,
+        prompt: str,
+        schedule: Schedule,
+        executor,
+        seed: int = 0,
+        joint: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> PipelineOutput:
+        sampler = self.model.sampler
+        if schedule.num_steps != sampler.num_steps:
+            sampler = sampler.with_steps(schedule.num_steps)
+        started = time.perf_counter()
+        text, unknown = self.model.encode_text([prompt])
+        text_s = time.perf_counter() - started
+        job = DenoiseJob(
+            transformer=self.model.transformer, text=text, sampler=sampler, layout=self.model.layout,
+            num_blocks=schedule.num_blocks, seed=seed, joint=joint,
+            local_window=self.model.local_window, sink_frames=self.model.sink_frames,
+        )
+        result = executor.execute(job, schedule, progress=progress)
+        latents = torch.cat([x.cpu() for x in result.latents], dim=2)
+        started = time.perf_counter()
+        frames = self.model.decode(latents)
+        decode_s = time.perf_counter() - started
+        return PipelineOutput(
+            frames=frames, latents=latents, schedule=schedule, timeline=result.timeline,
+            model_calls=result.model_calls, executor=executor.name, workers=executor.workers,
+            unknown_words=unknown[0], text_s=text_s, decode_s=decode_s,
+        )

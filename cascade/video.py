@@ -1,0 +1,174 @@
+"""MP4 export and side-by-side composition of generated videos.
+
+Videos are numpy arrays of shape [T, H, W, 3], dtype uint8. Composition (upscaling, label
+banners, the separator) is done in numpy with Pillow drawing the text: Pillow's built-in font
+needs no font file on the system, so labels render the same on a laptop, in CI and on a Space.
+moviepy only encodes the finished frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BANNER_BACKGROUND = (24, 24, 24)
+BANNER_TEXT = (240, 240, 240)
+SEPARATOR_COLOUR = (128, 128, 128)
+MIN_FONT_SIZE = 6
+
+
+def validate_frames(frames: np.ndarray, name: str = "frames") -> None:
+    """Raise ValueError unless `frames` is a non-empty uint8 video of shape [T, H, W, 3]."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(frames).__name__}")
+    if frames.ndim != 4:
+        raise ValueError(f"{name} must have 4 dims [T, H, W, 3], got shape {frames.shape}")
+    if frames.shape[-1] != 3:
+        raise ValueError(f"{name} must have 3 colour channels (RGB), got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 in 0..255, got dtype {frames.dtype}")
+    if frames.shape[0] < 1 or frames.shape[1] < 1 or frames.shape[2] < 1:
+        raise ValueError(f"{name} must hold at least one non-empty frame, got shape {frames.shape}")
+
+
+def _validate_scale(scale: int) -> None:
+    if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+
+
+def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer factor: keeps tiny videos' pixels crisp."""
+    _validate_scale(scale)
+    if scale == 1:
+        return frames
+    return frames.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """Repeat the last row/column where needed: libx264 with yuv420p needs even sizes."""
+    pad_h = frames.shape[1] % 2
+    pad_w = frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 8, scale: int = 1) -> Path:
+    """Encode `frames` [T, H, W, 3] uint8 as an H.264 mp4 that browsers play (yuv420p).
+
+    `scale` upscales with nearest neighbour first (a 64×64 video wants about 4). The parent
+    folder is created if missing. Returns the path written.
+    """
+    from moviepy import ImageSequenceClip  # deferred: importing moviepy is slow
+
+    validate_frames(frames)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    frames = pad_to_even(upscale(frames, scale))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clip = ImageSequenceClip(list(frames), fps=fps)
+    try:
+        clip.write_videofile(
+            str(path), fps=fps, codec="libx264", audio=False, logger=None, pixel_format="yuv420p"
+        )
+    finally:
+        clip.close()
+    return path
+
+
+def hold_last_frame(frames: np.ndarray, length: int) -> np.ndarray:
+    """Extend a video to `length` frames by repeating its last frame (no-op if long enough)."""
+    missing = length - frames.shape[0]
+    if missing <= 0:
+        return frames
+    return np.concatenate([frames, np.repeat(frames[-1:], missing, axis=0)], axis=0)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def fitting_font_size(texts: list[str], width: int, max_size: int) -> int:
+    """Largest font size <= `max_size` at which every text fits in `width` pixels.
+
+    One size for all labels keeps the two banners of a comparison looking alike.
+    """
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(MIN_FONT_SIZE, max_size)
+    def fits(size: int) -> bool:
+        return all(measure.textlength(text, font=_font(size)) <= width for text in texts)
+
+    while size > MIN_FONT_SIZE and not fits(size):
+        size -= 1
+    return size
+
+
+def label_banner(text: str, width: int, height: int, font_size: int) -> np.ndarray:
+    """A [height, width, 3] uint8 strip with `text` centred (clipped if it cannot fit)."""
+    image = Image.new("RGB", (width, height), BANNER_BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(font_size)
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    # Centre vertically on a reference with ascender and descender, so that labels share a
+    # baseline whatever letters they contain.
+    _, top, _, bottom = draw.textbbox((0, 0), "Ag", font=font)
+    origin = ((width - (right - left)) / 2 - left, (height - (bottom - top)) / 2 - top)
+    draw.text(origin, text, fill=BANNER_TEXT, font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def banner_height(width: int) -> int:
+    """Banner height for a video column `width` pixels wide: readable, not dominant."""
+    return int(np.clip(width // 8, 14, 48))
+
+
+def _with_banner(frames: np.ndarray, label: str, height: int, font_size: int) -> np.ndarray:
+    banner = label_banner(label, frames.shape[2], height, font_size)
+    banners = np.broadcast_to(banner, (frames.shape[0], *banner.shape))
+    return np.concatenate([banners, frames], axis=1)
+
+
+def side_by_side(
+    left: np.ndarray, right: np.ndarray, left_label: str, right_label: str, scale: int = 1
+) -> np.ndarray:
+    """Compose two videos next to each other, each under a label banner, split by a thin bar.
+
+    Both videos are upscaled by `scale` before the labels are drawn, so the text is rendered at
+    the output resolution. They must have the same height; if their lengths differ, the shorter
+    one holds its last frame so both stay visible to the end. Returns [T, H', W', 3] uint8.
+    """
+    validate_frames(left, "left")
+    validate_frames(right, "right")
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(
+            f"left and right must have the same height, got {left.shape[1]} and {right.shape[1]}"
+        )
+    left, right = upscale(left, scale), upscale(right, scale)
+    length = max(left.shape[0], right.shape[0])
+    left, right = hold_last_frame(left, length), hold_last_frame(right, length)
+
+    column_width = min(left.shape[2], right.shape[2])
+    height = banner_height(column_width)
+    font_size = fitting_font_size([left_label, right_label], column_width - 4, int(height * 0.7))
+    left = _with_banner(left, left_label, height, font_size)
+    right = _with_banner(right, right_label, height, font_size)
+    separator = np.empty((length, left.shape[1], max(2, scale), 3), dtype=np.uint8)
+    separator[...] = SEPARATOR_COLOUR
+    return np.concatenate([left, separator, right], axis=2)
+
+
+def write_side_by_side(
+    left: np.ndarray,
+    right: np.ndarray,
+    labels: tuple[str, str],
+    path: str | Path,
+    fps: float = 8,
+    scale: int = 1,
+) -> Path:
+    """Write the `side_by_side` composition of two videos as an mp4; returns the path."""
+    left_label, right_label = labels
+    frames = side_by_side(left, right, left_label, right_label, scale=scale)
+    return write_mp4(frames, path, fps=fps)
