@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(generate)
     generate.add_argument("--mode", choices=("serial", "cascade"), default="serial")
     generate.set_defaults(run=cmd_generate)
+    train = commands.add_parser("train", help="train the bundled tiny-shapes model (resumable)")
+    from .toy import train as trainer
+
+    trainer.add_arguments(train)
+    train.set_defaults(run=trainer.main)
     return parser
 
 

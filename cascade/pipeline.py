@@ -42,6 +42,7 @@ class DenoiseJob:
     joint: bool = False
     local_window: int | None = None
     sink_frames: int = 0
+    request_id: str = "run"
     _text_on: dict = field(default_factory=dict, repr=False)
 
     def new_cache(self, device) -> KVCache:
@@ -77,6 +78,10 @@ class DenoiseJob:
             outputs = self._forward_rows(items, inputs, cache)
         return [self._advance(item, x, out) for item, x, out in zip(items, inputs, outputs)]
 
+    def row_key(self, item: WorkItem) -> tuple:
+        """Who a forward row is, for hooks with per-block state: (request, block, step)."""
+        return (self.request_id, item.block, item.step)
+
     def _timestep(self, item: WorkItem) -> float:
         return 0.0 if item.is_recache else self.sampler.model_timesteps[item.step]
 
@@ -87,7 +92,8 @@ class DenoiseJob:
         x = torch.cat(list(inputs))
         t = torch.tensor([self._timestep(i) for i in items], device=x.device)
         starts = [self._start_frame(i) for i in items]
-        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=starts).sample
+        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=starts,
+                               row_keys=[self.row_key(i) for i in items]).sample
         return list(out.split(1))
 
     def _forward_joint(self, items, inputs, cache) -> list[torch.Tensor]:
@@ -97,7 +103,9 @@ class DenoiseJob:
         x = torch.cat(list(inputs), dim=2)
         per_frame = [self._timestep(i) for i in items for _ in range(self.layout.frames_per_block)]
         t = torch.tensor([per_frame], device=x.device)
-        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=self._start_frame(items[0])).sample
+        key = (self.request_id, tuple(i.block for i in items), tuple(i.step for i in items))
+        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=self._start_frame(items[0]),
+                               row_keys=[key]).sample
         return list(out.split(self.layout.frames_per_block, dim=2))
 
     def _advance(self, item: WorkItem, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ class _ForwardState:
     start_frames: list[int] | None = None
     num_frames: int = 0
     attention_mask: torch.Tensor | None = None
+    row_keys: list | None = None
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -174,6 +175,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         kv_cache: KVCache | None = None,
         start_frame: int | Sequence[int] = 0,
         attention_mask: torch.Tensor | None = None,
+        row_keys: Sequence | None = None,
         return_dict: bool = True,
     ):
         """Denoise ``hidden_states`` [B, C, F, H, W] whose first latent frame is ``start_frame``.
@@ -182,6 +184,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         rows attend to the committed K/V of earlier frames and stage their own; without it,
         attention is full over the given frames, restricted by ``attention_mask`` if given
         (bool, broadcastable to [B, heads, tokens, tokens], True = may attend).
+        ``row_keys``: an opaque, hashable identifier per row (the pipeline passes request, video
+        block and step) for hooks that keep per-row state across calls, such as BWCache; the
+        model itself never reads them.
         """
         rows, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -195,7 +200,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         temb, modulation = self._time_embedding(timestep, rows, frames, grid_h * grid_w, tokens.dtype)
         context = self._text_context(encoder_hidden_states, kv_cache)
 
-        with self._forward_state(kv_cache, start_frames, frames, attention_mask):
+        if row_keys is not None and len(row_keys) != rows:
+            raise ValueError(f"row_keys has {len(row_keys)} entries for {rows} rows")
+        with self._forward_state(kv_cache, start_frames, frames, attention_mask, row_keys):
             for block in self.blocks:
                 tokens = block(tokens, context, modulation, rotary_emb)
 
@@ -254,15 +261,20 @@ class CausalWanTransformer(WanTransformer3DModel):
             kv_cache.text_context = self.condition_embedder.text_embedder(encoder_hidden_states)
         return kv_cache.text_context
 
+    @property
+    def forward_state(self) -> _ForwardState:
+        """The call in progress (cache, start frames, row keys): what hooks may read."""
+        return self._state
+
     @contextmanager
-    def _forward_state(self, kv_cache, start_frames, frames, attention_mask):
+    def _forward_state(self, kv_cache, start_frames, frames, attention_mask, row_keys):
         state = self._state
         state.kv_cache, state.start_frames, state.num_frames = kv_cache, start_frames, frames
-        state.attention_mask = attention_mask
+        state.attention_mask, state.row_keys = attention_mask, list(row_keys) if row_keys is not None else None
         try:
             yield
         finally:
-            state.kv_cache, state.start_frames, state.attention_mask = None, None, None
+            state.kv_cache, state.start_frames, state.attention_mask, state.row_keys = None, None, None, None
 
     def _head(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         if temb.ndim == 3:

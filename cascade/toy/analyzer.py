@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cascade.toy.data import BACKGROUNDS, COLOURS, REFERENCE_SIZE, SHAPES, PromptTarget, shape_inside
+from cascade.toy.data import (BACKGROUNDS, COLOURS, REFERENCE_SIZE, SHAPES, PromptTarget,
+                              shape_inside)
 
 FOREGROUND_DISTANCE = 60.0
 """RGB distance (0..255 scale) from the background above which a pixel is foreground. Object
@@ -25,6 +26,9 @@ colours lie >= 130 from every background, pixel noise of sigma 8 adds ~14."""
 MIN_OBJECT_AREA_PX = 20.0
 """Components smaller than this (reference px^2) are specks, not objects; the smallest object,
 a 12 px triangle, covers ~70."""
+CORE_LEVEL = 0.8
+"""Share of an object's contrast above which its pixels show its true colour (see
+_describe_object)."""
 SHAPE_GRID = 16
 """Side of the grid on which an object's mask is compared with the shape templates."""
 STILL_RANGE_PX = 3.0
@@ -47,6 +51,7 @@ MEAN_KEYS = ("one_object", "flicker")
 class ClipAnalysis:
     """What the analyzer sees in a clip.
 
+    ``background`` is the background colour name nearest to the median frame border.
     ``colour``, ``shape`` and ``motion`` describe the main (largest) object, voted over frames;
     None when no frame has an object. ``centroids`` are (x, y) pixel positions per frame, None
     where the frame has no object. ``one_object`` is the share of frames with exactly one object.
@@ -75,11 +80,13 @@ def _border_background(frames: np.ndarray) -> np.ndarray:
     Objects keep a margin from the edge, and a median ignores the few border pixels a stray blob
     might cover.
     """
-    border = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1)
+    border = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]],
+                            axis=1)
     return np.median(border.astype(np.float64), axis=1)
 
 
 def _nearest(rgb: np.ndarray, table: dict[str, tuple[int, int, int]]) -> str:
+    """Name of the table colour closest to ``rgb`` (Euclidean RGB distance)."""
     names = list(table)
     distances = np.linalg.norm(np.asarray([table[n] for n in names], float) - rgb, axis=1)
     return names[int(np.argmin(distances))]
@@ -183,11 +190,21 @@ def _flicker(frames: np.ndarray, foreground: np.ndarray) -> float:
     return float(per_pair.mean())
 
 
-def _describe_object(frame: np.ndarray, mask: np.ndarray) -> tuple[str, str, tuple[float, float]]:
-    """Colour name (of the median pixel, robust to blended edges), shape and (x, y) centroid."""
-    colour = _nearest(np.median(frame[mask].astype(np.float64), axis=0), COLOURS)
+def _describe_object(frame: np.ndarray, distance: np.ndarray,
+                     mask: np.ndarray) -> tuple[str, str, tuple[float, float]]:
+    """Colour name, shape and (x, y) centroid of one object.
+
+    ``distance`` is each pixel's colour distance from the background. Blur blends an object's
+    edge into the background, which dims its colour and swells its mask, so the colour is read
+    from the core (pixels at >= CORE_LEVEL of the object's contrast) and the shape from the
+    half-contrast outline, where a blurred edge still sits.
+    """
+    contrast = np.percentile(distance[mask], 90)
+    core = mask & (distance >= CORE_LEVEL * contrast)
+    outline = mask & (distance >= 0.5 * contrast)
+    colour = _nearest(np.median(frame[core].astype(np.float64), axis=0), COLOURS)
     rows, cols = np.nonzero(mask)
-    return colour, classify_shape(mask), (float(cols.mean() + 0.5), float(rows.mean() + 0.5))
+    return colour, classify_shape(outline), (float(cols.mean() + 0.5), float(rows.mean() + 0.5))
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -212,7 +229,7 @@ def analyze_clip(frames: np.ndarray) -> ClipAnalysis:
         counts.append(int(in_frame.sum()))
         if in_frame.any():
             main = labels[t] == ids[in_frame][np.argmax(areas[in_frame])]
-            descriptions.append(_describe_object(frames[t], main))
+            descriptions.append(_describe_object(frames[t], distance[t], main))
         else:
             descriptions.append((None, None, None))
     colours, shapes, centroids = zip(*descriptions)

@@ -1,0 +1,259 @@
+"""Train the bundled tiny-shapes model: ``python -m cascade train``.
+
+Recipe (why, in short):
+- Pixel space, 64×64 RGB in [-1, 1], patch (1, 8, 8): 64 tokens per frame of 192 values, no
+  autoencoder to train or ship. The transformer predicts x0 (``prediction="sample"``): the
+  sampler re-noises x0 anyway, and x0 is the easier target for a narrow model.
+- Block-causal, the way it is used: one forward over a clip of ``clip_blocks`` blocks of 3
+  frames under a block-causal mask, each block with its own noise level (diffusion forcing),
+  a quarter of the blocks clean (teacher forcing, what recache gives at inference). Noisy
+  context is what a cascaded block sees, clean context what a serial one sees: both are trained.
+- Clips are block-aligned crops of longer renders, so a block's context may start mid-motion, as
+  it does at inference under the local window (``local_window = clip_blocks * 3`` frames: no
+  block ever sees more context than training showed it).
+- AdamW at a constant rate after warm-up and an EMA of the weights, so training can be stopped
+  and resumed at any time; the EMA weights are what ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.presets import TINY, WEIGHTS_ROOT, save_folder
+from ..model.text import TextEncoder, ToyTextEncoder, WordTokenizer
+from ..model.transformer import CausalWanTransformer
+from ..sampling import NUM_TRAIN_TIMESTEPS, FlowMatchSampler, add_noise, warp_timestep
+from . import data
+
+FRAMES_PER_BLOCK = 3
+SIZE = 64
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/tiny-shapes"
+    export: str = str(WEIGHTS_ROOT / "tiny-shapes")
+    steps: int = 20000
+    batch_size: int = 8
+    clip_blocks: int = 4
+    render_blocks: int = 8
+    lr: float = 4e-4
+    warmup: int = 200
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    clean_share: float = 0.25
+    shift: float = 5.0
+    inference_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    text_dim: int = 128
+    text_length: int = 16
+    threads: int = 2
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 250
+    export_every: int = 1000
+
+
+def build_models(config: TrainConfig) -> tuple[CausalWanTransformer, TextEncoder]:
+    torch.manual_seed(config.seed)
+    tokenizer = WordTokenizer(data.training_vocabulary(), config.text_length)
+    encoder = ToyTextEncoder(tokenizer.vocab_size, config.text_dim, config.text_length)
+    transformer = CausalWanTransformer(**{**TINY, "text_dim": config.text_dim})
+    return transformer, TextEncoder(tokenizer, encoder)
+
+
+def block_causal_mask(num_blocks: int, tokens_per_block: int) -> torch.Tensor:
+    block_of = torch.arange(num_blocks).repeat_interleave(tokens_per_block)
+    return block_of[None, :] <= block_of[:, None]
+
+
+def to_latents(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1)
+    return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+class NoiseLevels:
+    """Per-block σ: half the draws from the inference steps, half continuous and shifted."""
+
+    def __init__(self, config: TrainConfig):
+        sampler = FlowMatchSampler(config.inference_timesteps, config.shift, warp=True, prediction="sample")
+        self.inference_sigmas = torch.tensor(sampler.sigmas)
+        self.shift = config.shift
+        self.clean_share = config.clean_share
+
+    def draw(self, generator: torch.Generator, batch: int, blocks: int) -> torch.Tensor:
+        u = torch.rand(batch, blocks, generator=generator)
+        continuous = torch.tensor([warp_timestep(float(t) * NUM_TRAIN_TIMESTEPS, self.shift) for t in u.flatten()])
+        continuous = continuous.view(batch, blocks) / NUM_TRAIN_TIMESTEPS
+        pick = torch.randint(len(self.inference_sigmas), (batch, blocks), generator=generator)
+        sigmas = torch.where(torch.rand(batch, blocks, generator=generator) < 0.5, self.inference_sigmas[pick], continuous)
+        clean = torch.rand(batch, blocks, generator=generator) < self.clean_share
+        return torch.where(clean, torch.zeros_like(sigmas), sigmas)
+
+
+def training_batch(config: TrainConfig, rng: np.random.Generator):
+    frames, captions = data.batch(rng, config.batch_size, config.render_blocks * FRAMES_PER_BLOCK, SIZE)
+    first = rng.integers(0, config.render_blocks - config.clip_blocks + 1, size=config.batch_size) * FRAMES_PER_BLOCK
+    clip_frames = config.clip_blocks * FRAMES_PER_BLOCK
+    crops = np.stack([clip[f : f + clip_frames] for clip, f in zip(frames, first)])
+    return to_latents(crops), captions
+
+
+def loss_on_batch(transformer, text_encoder, levels, config, x0, captions, generator, mask):
+    batch, blocks = x0.shape[0], config.clip_blocks
+    tokens = text_encoder.tokenizer.encode(captions)
+    context = text_encoder.encoder(tokens.ids, tokens.mask)
+    sigmas = levels.draw(generator, batch, blocks)
+    sigma_frames = sigmas.repeat_interleave(FRAMES_PER_BLOCK, dim=1)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = add_noise(x0, noise, sigma_frames[:, None, :, None, None])
+    prediction = transformer(x_t, sigma_frames * NUM_TRAIN_TIMESTEPS, context, attention_mask=mask).sample
+    noisy = (sigma_frames > 0)[:, None, :, None, None].float()
+    per_value = (prediction - x0).pow(2) * noisy
+    return per_value.sum() / (noisy.sum() * x0.shape[1] * x0.shape[3] * x0.shape[4]).clamp(min=1)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        torch.set_num_threads(config.threads)
+        self.transformer, self.text = build_models(config)
+        self.params = list(self.transformer.parameters()) + list(self.text.encoder.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+        self.ema_transformer = copy.deepcopy(self.transformer).eval()
+        self.ema_encoder = copy.deepcopy(self.text.encoder).eval()
+        self.levels = NoiseLevels(config)
+        self.step = 0
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.seconds = 0.0
+        tokens_per_block = FRAMES_PER_BLOCK * (SIZE // TINY["patch_size"][1]) ** 2
+        self.mask = block_causal_mask(config.clip_blocks, tokens_per_block)
+        self.out = Path(config.out)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, weights_only=False)
+        self.transformer.load_state_dict(state["transformer"])
+        self.text.encoder.load_state_dict(state["text_encoder"])
+        self.ema_transformer.load_state_dict(state["ema_transformer"])
+        self.ema_encoder.load_state_dict(state["ema_text_encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.generator.set_state(state["torch_rng"])
+        return True
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "transformer": self.transformer.state_dict(), "text_encoder": self.text.encoder.state_dict(),
+            "ema_transformer": self.ema_transformer.state_dict(), "ema_text_encoder": self.ema_encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "seconds": self.seconds,
+            "numpy_rng": self.rng.bit_generator.state, "torch_rng": self.generator.get_state(),
+            "config": asdict(self.config),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)  # a kill mid-save never leaves a broken checkpoint
+
+    def export(self, folder: str | Path | None = None) -> Path:
+        """Write the EMA weights as the loadable model folder that ships in the repo."""
+        folder = Path(folder or self.config.export)
+        c = self.config
+        info = {
+            "name": "tiny-shapes",
+            "description": "bundled tiny block-causal Wan (pixel space 64x64) trained on procedural shapes",
+            "timesteps": list(c.inference_timesteps), "shift": c.shift, "warp": True, "prediction": "sample",
+            "layout": {"channels": 3, "frames_per_block": FRAMES_PER_BLOCK, "height": SIZE, "width": SIZE},
+            "fps": 8.0, "local_window": c.clip_blocks * FRAMES_PER_BLOCK, "sink_frames": 0,
+            "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
+                         "clip_blocks": c.clip_blocks, "lr": c.lr, "ema": c.ema, "clean_share": c.clean_share},
+        }
+        save_folder(folder, self.ema_transformer, TextEncoder(self.text.tokenizer, self.ema_encoder), info)
+        return folder
+
+    def lr_at(self, step: int) -> float:
+        return self.config.lr * min(1.0, (step + 1) / self.config.warmup)
+
+    def train_step(self) -> float:
+        self.transformer.train()
+        self.text.encoder.train()
+        x0, captions = training_batch(self.config, self.rng)
+        loss = loss_on_batch(self.transformer, self.text, self.levels, self.config, x0, captions, self.generator, self.mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for ema, live in ((self.ema_transformer, self.transformer), (self.ema_encoder, self.text.encoder)):
+            for e, p in zip(ema.parameters(), live.parameters()):
+                e.lerp_(p.detach(), 1 - decay)
+
+    def run(self, log=print) -> None:
+        c = self.config
+        recent: list[float] = []
+        while self.step < c.steps:
+            started = time.perf_counter()
+            recent.append(self.train_step())
+            self.seconds += time.perf_counter() - started
+            if self.step % c.log_every == 0:
+                log(json.dumps({"step": self.step, "loss": round(float(np.mean(recent)), 5),
+                                "s_per_step": round(self.seconds / self.step, 3), "hours": round(self.seconds / 3600, 3)}))
+                recent.clear()
+            if self.step % c.save_every == 0 or self.step == c.steps:
+                self.save()
+            if self.step % c.export_every == 0 or self.step == c.steps:
+                log(f"exported step {self.step} to {self.export()}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        if isinstance(value, tuple):
+            continue
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+
+
+def main(args: argparse.Namespace) -> int:
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    trainer = Trainer(TrainConfig(**fields))
+    log_path = Path(trainer.config.out) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_path.open("a") as f:
+            f.write(line + "\n")
+
+    if not args.fresh and trainer.resume():
+        log(f"resumed from {trainer.checkpoint_path} at step {trainer.step}")
+    params = sum(p.numel() for p in trainer.params)
+    log(f"training {params / 1e6:.2f}M parameters to step {trainer.config.steps}")
+    trainer.run(log)
+    return 0
+
+
+__all__ = ["TrainConfig", "Trainer", "block_causal_mask", "main"]
