@@ -47,6 +47,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     np.save(args.out / "frames.npy", result.frames)
     write_mp4(result.frames, args.out / "video.mp4", fps=8, scale=4)
     (args.out / "stats.json").write_text(json.dumps(result.stats, indent=1) + "\n")
+    if result.stats["random_weights"]:
+        print(f"note: {result.stats['model']} has random weights: it makes noise, not video", file=sys.stderr)
     if result.unknown_words:
         print(f"words the model does not know (ignored): {', '.join(result.unknown_words)}", file=sys.stderr)
     s = result.stats

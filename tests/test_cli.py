@@ -1,0 +1,44 @@
+"""The command line, in process, on the random-weight plumbing model."""
+
+import json
+
+import numpy as np
+
+from cascade.__main__ import main
+
+REQUIRED_STATS = {
+    "mode", "model", "blocks", "steps", "frames", "height", "width", "workers", "window", "stride",
+    "latency_s", "fps", "time_to_first_block_s", "ticks", "forwards", "timeline",
+}
+
+
+def test_generate_writes_video_frames_and_stats(tmp_path):
+    out = tmp_path / "run"
+    code = main(["generate", "--prompt", "a red circle moving right", "--model", "random-tiny", "--mode", "cascade",
+                 "--blocks", "3", "--steps", "2", "--window", "2", "--stride", "1", "--seed", "5", "--out", str(out)])
+    assert code == 0
+    frames = np.load(out / "frames.npy")
+    assert frames.dtype == np.uint8 and frames.shape == (9, 64, 64, 3)
+    assert (out / "video.mp4").stat().st_size > 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert REQUIRED_STATS <= set(stats)
+    assert (stats["mode"], stats["blocks"], stats["steps"], stats["window"], stats["stride"]) == ("cascade", 3, 2, 2, 1)
+    assert stats["forwards"] == len(stats["timeline"]) == 3 * (2 + 1)
+    assert stats["frames"] == 9 and stats["random_weights"] is True
+
+
+def test_serial_mode_ignores_window_and_counts_serial_ticks(tmp_path):
+    code = main(["generate", "--prompt", "blue square", "--model", "random-tiny", "--blocks", "2", "--steps", "2",
+                 "--no-recache", "--executor", "batched", "--out", str(tmp_path)])
+    assert code == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert (stats["window"], stats["ticks"], stats["forwards"], stats["executor"]) == (1, 4, 4, "batched")
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "--prompt", "x", "--model", "random-tiny", "--blocks", "0", "--out", str(tmp_path)]) == 2
+    assert "blocks must be at least 1" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "  ", "--model", "random-tiny", "--out", str(tmp_path)]) == 2
+    assert "prompt is empty" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err
