@@ -20,8 +20,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-recache", action="store_true", help="skip the clean K/V rewrite after each block")
     parser.add_argument("--joint", action="store_true",
                         help="cascade: denoise the blocks in flight in one forward, attending to each other")
-    parser.add_argument("--executor", choices=("local", "batched"), default="local",
-                        help="local: one item at a time; batched: a tick's items in one forward")
+    parser.add_argument("--executor", choices=("local", "batched", "distributed"), default="local",
+                        help="local: one item at a time; batched: a tick's items in one forward; "
+                             "distributed: a pool of worker processes, block b on worker b mod W")
+    parser.add_argument("--workers", type=int, default=2, help="distributed: worker processes (devices)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -33,16 +35,26 @@ def _progress(fraction: float, message: str) -> None:
         print(file=sys.stderr)
 
 
+def _request(args: argparse.Namespace, mode: str):
+    from .service import GenerateRequest
+
+    return GenerateRequest(
+        prompt=args.prompt, mode=mode, model=args.model, blocks=args.blocks, steps=args.steps,
+        window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
+        executor=args.executor, workers=args.workers, seed=args.seed, threads=args.threads,
+    )
+
+
+def _summary(stats: dict) -> str:
+    return (f"{stats['mode']}: {stats['frames']} frames in {stats['latency_s']:.2f} s ({stats['fps']:.1f} FPS), "
+            f"{stats['ticks']} ticks, {stats['forwards']} forwards on {stats['workers']} worker(s)")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .service import GenerateRequest, generate
+    from .service import generate
     from .video import write_mp4
 
-    request = GenerateRequest(
-        prompt=args.prompt, mode=args.mode, model=args.model, blocks=args.blocks, steps=args.steps,
-        window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
-        executor=args.executor, seed=args.seed, threads=args.threads,
-    )
-    result = generate(request, progress=_progress)
+    result = generate(_request(args, args.mode), progress=_progress)
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "frames.npy", result.frames)
     write_mp4(result.frames, args.out / "video.mp4", fps=8, scale=4)
@@ -51,9 +63,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"note: {result.stats['model']} has random weights: it makes noise, not video", file=sys.stderr)
     if result.unknown_words:
         print(f"words the model does not know (ignored): {', '.join(result.unknown_words)}", file=sys.stderr)
+    print(f"{_summary(result.stats)} -> {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .service import compare
+    from .video import write_mp4, write_side_by_side
+
+    result = compare(_request(args, "cascade"), progress=_progress)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, run in (("serial", result.serial), ("cascade", result.cascade)):
+        np.save(out / f"frames_{name}.npy", run.frames)
+        write_mp4(run.frames, out / f"{name}.mp4", fps=8, scale=4)
+    labels = (f"serial {result.stats['serial']['latency_s']:.2f}s",
+              f"cascade {result.stats['cascade']['latency_s']:.2f}s")
+    write_side_by_side(result.serial.frames, result.cascade.frames, labels, out / "side_by_side.mp4", fps=8, scale=4)
+    (out / "stats.json").write_text(json.dumps(result.stats, indent=1) + "\n")
     s = result.stats
-    print(f"{s['mode']}: {s['frames']} frames in {s['latency_s']:.2f} s ({s['fps']:.1f} FPS), "
-          f"{s['ticks']} ticks, {s['forwards']} forwards -> {args.out}")
+    print(_summary(s["serial"]))
+    print(_summary(s["cascade"]))
+    q = s["quality"]
+    print(f"speedup {s['speedup']:.2f}x (ideal {s['ideal_speedup']:.2f}x); cascade vs serial "
+          f"PSNR {float(q['psnr_db']):.1f} dB, SSIM {q['ssim']:.3f} -> {out}")
     return 0
 
 
@@ -64,11 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(generate)
     generate.add_argument("--mode", choices=("serial", "cascade"), default="serial")
     generate.set_defaults(run=cmd_generate)
-    train = commands.add_parser("train", help="train the bundled tiny-shapes model (resumable)")
-    from .toy import train as trainer
+    comparison = commands.add_parser("compare", help="the same prompt and seed, serial and cascaded")
+    _add_run_options(comparison)
+    comparison.set_defaults(run=cmd_compare)
+    from .toy import evaluate, train as trainer
 
+    train = commands.add_parser("train", help="train the bundled tiny-shapes model (resumable)")
     trainer.add_arguments(train)
     train.set_defaults(run=trainer.main)
+    quality = commands.add_parser("eval", help="generate held-out prompts and score them with the analyzer")
+    evaluate.add_arguments(quality)
+    quality.set_defaults(run=evaluate.main)
     return parser
 
 

@@ -1,8 +1,13 @@
-"""What the app and the CLI call: load a model once, run a request, return frames and stats."""
+"""What the app and the CLI call: load a model once, run a request, return frames and stats.
+
+Models and distributed worker pools are created once per process and shared by every request,
+so the serial and the cascaded run of a comparison use the same backend.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import atexit
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -14,7 +19,7 @@ from .pipeline import BlockCausalPipeline, ProgressFn
 from .schedule import make_schedule
 
 MODES = ("serial", "cascade")
-EXECUTORS = ("local", "batched")
+EXECUTORS = ("local", "batched", "distributed")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class GenerateRequest:
     recache: bool = True
     joint: bool = False
     executor: str = "local"
+    workers: int = 2
     seed: int = 0
     threads: int | None = None
 
@@ -43,6 +49,10 @@ class GenerateRequest:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.blocks < 1:
             raise ValueError(f"blocks must be at least 1, got {self.blocks}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.joint and self.executor == "distributed":
+            raise ValueError("the joint variant runs a tick as one forward on one device: use a local executor")
 
 
 @dataclass
@@ -58,16 +68,42 @@ def get_model(name: str | None = None) -> CascadeModel:
     return load_model(name or default_model_name())
 
 
+_POOLS: dict[tuple, object] = {}
+
+
+def get_executor(kind: str, model_name: str, workers: int = 2, threads: int | None = None):
+    """Local executors are cheap to make; a distributed pool is started once and kept."""
+    if kind == "distributed":
+        from .backend.distributed import DistributedExecutor
+
+        key = (model_name, workers, threads)
+        if key not in _POOLS:
+            _POOLS[key] = DistributedExecutor(model_name, workers=workers, threads_per_worker=threads)
+        return _POOLS[key]
+    return LocalExecutor(batched=kind == "batched", threads=threads)
+
+
+@atexit.register
+def close_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].close()
+
+
 def generate(request: GenerateRequest, progress: ProgressFn | None = None) -> GenerateResult:
     request.validate()
     model = get_model(request.model)
+    executor = get_executor(request.executor, model.name, request.workers, request.threads)
+    return run_on(request, model, executor, progress)
+
+
+def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: ProgressFn | None = None) -> GenerateResult:
+    """Run ``request`` on a given executor (``compare`` picks one per side)."""
     steps = request.steps or model.sampler.num_steps
     if request.mode == "serial":
         window, stride = 1, None
     else:
         window, stride = request.window, request.stride
     schedule = make_schedule(request.blocks, steps, window=window, stride=stride, recache=request.recache)
-    executor = LocalExecutor(batched=request.executor == "batched", threads=request.threads)
     output = BlockCausalPipeline(model)(request.prompt, schedule, executor, seed=request.seed,
                                        joint=request.joint, progress=progress)
     frames = output.frames
@@ -86,7 +122,7 @@ def generate(request: GenerateRequest, progress: ProgressFn | None = None) -> Ge
         "width": int(frames.shape[2]),
         "executor": output.executor,
         "workers": output.workers,
-        "threads": request.threads,
+        "threads": getattr(executor, "threads", request.threads),
         "window": schedule.window,
         "stride": schedule.stride,
         "recache": schedule.recache,
@@ -100,3 +136,49 @@ def generate(request: GenerateRequest, progress: ProgressFn | None = None) -> Ge
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
     return GenerateResult(frames=frames, stats=metrics.json_safe(stats), unknown_words=output.unknown_words)
+
+
+@dataclass
+class CompareResult:
+    serial: GenerateResult
+    cascade: GenerateResult
+    stats: dict
+
+
+def compare(request: GenerateRequest, progress: ProgressFn | None = None) -> CompareResult:
+    """The same prompt and seed, serial and cascaded, on one backend.
+
+    Speedup is counted as the Block Cascading paper counts it: the serial run uses one worker of
+    the kind each cascade worker is (on a distributed CPU pool, one core), and the worker counts
+    of both sides are in the stats.
+    """
+    request = replace(request, mode="cascade")
+    request.validate()
+    model = get_model(request.model)
+    cascade_executor = get_executor(request.executor, model.name, request.workers, request.threads)
+    if request.executor == "distributed":
+        serial_executor = LocalExecutor(threads=cascade_executor.threads)
+    else:
+        serial_executor = cascade_executor
+    half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
+    serial = run_on(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0))
+    cascade = run_on(request, model, cascade_executor, half(0.5))
+    stats = {
+        "serial": serial.stats,
+        "cascade": cascade.stats,
+        "speedup": serial.stats["latency_s"] / cascade.stats["latency_s"],
+        "ideal_speedup": serial.stats["ticks"] / cascade.stats["ticks"],
+        "quality": quality(serial.frames, cascade.frames, request.prompt, model),
+    }
+    return CompareResult(serial, cascade, metrics.json_safe(stats))
+
+
+def quality(serial: np.ndarray, cascade: np.ndarray, prompt: str, model: CascadeModel) -> dict:
+    """Cascade against serial (PSNR, SSIM) and, for the bundled shapes world, the analyzer's
+    verdict on each against the prompt."""
+    figures = {"psnr_db": metrics.psnr(serial, cascade), "ssim": metrics.ssim(serial, cascade)}
+    if not model.random_weights and model.name == "tiny-shapes":
+        from .toy.evaluate import judge
+
+        figures["analyzer"] = {"serial": judge(serial, prompt), "cascade": judge(cascade, prompt)}
+    return figures
