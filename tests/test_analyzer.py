@@ -19,11 +19,39 @@ def _ground_truth_clips(num_frames, n, seed):
             for item in data.eval_set(n, seed=seed)]
 
 
-def _box_blur(frames):
+def _box_mean(frames):
     padded = np.pad(frames.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     h, w = frames.shape[1:3]
-    total = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
-    return np.rint(total / 9).astype(np.uint8)
+    return sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9
+
+
+def _box_blur(frames):
+    return np.rint(_box_mean(frames)).astype(np.uint8)
+
+
+def _smooth_noise(seed, passes, std, mean=128.0, num_frames=12):
+    """Gaussian noise blurred by ``passes`` 3x3 box filters (~Gaussian blur), rescaled to std."""
+    field = np.random.default_rng(seed).normal(0, 1, (num_frames, 64, 64, 3))
+    for _ in range(passes):
+        field = _box_mean(field)
+    field = (field - field.mean()) / field.std() * std + mean
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def _plain_clip(colour=(0, 0, 0), num_frames=12):
+    return np.full((num_frames, 64, 64, 3), colour, np.uint8)
+
+
+NAMED = PromptTarget("red", "circle", "right", "black")
+"""A prompt naming every attribute, to check that a clip without an object scores 0 on them."""
+
+
+def _assert_shows_no_object(frames):
+    analysis = analyzer.analyze_clip(frames)
+    scores = analyzer.score_clip(analysis, NAMED)
+    assert scores["one_object"] <= 0.05, analysis.object_counts
+    assert (scores["colour"], scores["shape"], scores["motion"]) == (0.0, 0.0, 0.0), analysis
+    return analysis
 
 
 def _assert_accuracy(summary, threshold):
@@ -132,3 +160,71 @@ def test_aggregate_means_ignore_none_and_give_wilson_intervals():
     assert summary["motion"]["mean"] == 1.0 and summary["motion"]["high"] == 1.0
     assert summary["one_object"]["mean"] == pytest.approx(0.9)
     assert summary["one_object"]["low"] < 0.9 < summary["one_object"]["high"]
+
+
+@pytest.mark.parametrize("frames", [
+    pytest.param(np.random.default_rng(0).integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                 id="uniform-noise"),
+    pytest.param(np.clip(np.random.default_rng(1).normal(100, 40, (12, 64, 64, 3)), 0, 255)
+                 .astype(np.uint8), id="gaussian-noise"),
+    pytest.param(_smooth_noise(2, passes=2, std=50), id="blurred-noise"),
+    pytest.param(_smooth_noise(3, passes=4, std=25, mean=40), id="faint-blurred-noise"),
+])
+def test_noise_clips_show_no_object(frames):
+    analysis = _assert_shows_no_object(frames)
+    assert not any(analysis.plain_background)
+    assert analysis.frame_colours == (None,) * len(frames)
+
+
+def _blob_clip(top, bottom, left, right, colour=(230, 30, 30)):
+    frames = _plain_clip()
+    frames[:, top:bottom, left:right] = colour
+    return frames
+
+
+@pytest.mark.parametrize("frames", [
+    pytest.param(_blob_clip(1, 63, 1, 63), id="near-full-frame"),
+    pytest.param(_blob_clip(3, 61, 2, 62, colour=(245, 225, 30)), id="full-frame-inside-margin"),
+    pytest.param(_blob_clip(8, 56, 10, 53), id="half-frame-centred"),
+    pytest.param(_blob_clip(0, 64, 0, 32), id="left-half"),
+])
+def test_oversized_blobs_are_not_objects(frames):
+    analysis = _assert_shows_no_object(frames)
+    assert analysis.object_counts == (0,) * len(frames)
+
+
+def test_object_sized_ring_and_streak_are_not_objects():
+    frames = _plain_clip()
+    rows, cols = np.mgrid[:64, :64]
+    radius = np.hypot(rows - 20.5, cols - 20.5)
+    frames[:, (radius <= 8) & (radius >= 5)] = (30, 200, 50)   # 16 px ring: mostly hole
+    frames[:, 48:52, 20:46] = (40, 90, 245)                      # 26 x 4 streak
+    analysis = _assert_shows_no_object(frames)
+    assert all(analysis.plain_background)
+
+
+def test_noisy_background_hides_the_object():
+    spec = ClipSpec("red", "circle", "right", "black", 16, 20.0, 32.0)
+    clean = data.render_clip(spec, 12).astype(np.float64)
+    rng = np.random.default_rng(6)
+    noisy = np.clip(clean + rng.normal(0, 24, clean.shape), 0, 255).astype(np.uint8)
+    analysis = _assert_shows_no_object(noisy)
+    assert not any(analysis.plain_background)
+    mild = np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+    assert all(analyzer.analyze_clip(mild).plain_background)
+
+
+def test_object_shown_in_too_few_frames_scores_zero():
+    spec = ClipSpec("red", "circle", "right", "black", 16, 20.0, 32.0)
+    frames = data.render_clip(spec, 12)
+    frames[5:] = 0                      # the object is gone from 7 of 12 frames
+    analysis = analyzer.analyze_clip(frames)
+    assert analysis.frame_colours[:5] == ("red",) * 5 and analysis.colour is None
+    scores = analyzer.score_clip(analysis, _truth(spec))
+    assert (scores["colour"], scores["shape"], scores["motion"]) == (0.0, 0.0, 0.0)
+    assert scores["one_object"] == pytest.approx(5 / 12)
+    frames = data.render_clip(spec, 12)
+    frames[6:] = 0                      # half the frames still show it
+    half = analyzer.score_clip(analyzer.analyze_clip(frames), _truth(spec))
+    assert (half["colour"], half["shape"], half["motion"]) == (1.0, 1.0, 1.0)
+    assert half["one_object"] == 0.5

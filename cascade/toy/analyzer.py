@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cascade.toy.data import (BACKGROUNDS, COLOURS, REFERENCE_SIZE, SHAPES, PromptTarget,
-                              shape_inside)
+from cascade.toy.data import (BACKGROUNDS, COLOURS, REFERENCE_SIZE, SHAPES, SIZE_RANGE_PX,
+                              PromptTarget, shape_inside)
 
 FOREGROUND_DISTANCE = 60.0
 """RGB distance (0..255 scale) from the background above which a pixel is foreground. Object
@@ -26,6 +26,34 @@ colours lie >= 130 from every background, pixel noise of sigma 8 adds ~14."""
 MIN_OBJECT_AREA_PX = 20.0
 """Components smaller than this (reference px^2) are specks, not objects; the smallest object,
 a 12 px triangle, covers ~70."""
+MAX_OBJECT_AREA_PX = 2.5 * SIZE_RANGE_PX[1] ** 2
+"""Components larger than this (reference px^2, 810) are not objects: the largest object, an 18 px
+square, covers 324, and 3x3 blur grows its mask to <= 400. A full-frame noise blob or a blob over
+half the frame (2048) is far above."""
+MAX_OBJECT_SIDE_PX = 1.6 * SIZE_RANGE_PX[1]
+"""Longest bounding-box side (reference px, ~29) of an object: objects span 12-18 px, <= 22
+blurred."""
+MAX_OBJECT_ASPECT = 2.0
+"""Every shape fills a square box; a component much longer than wide is a streak, not an object."""
+MIN_OBJECT_FILL = 0.35
+"""Least share of its bounding box an object covers: a triangle covers ~0.5, a circle ~0.79."""
+MAX_OBJECT_HOLES = 0.1
+"""Most of an object's filled outline that may be holes: objects are solid (holes 0 with sigma-8
+noise), chance blobs of noisy frames are riddled with them."""
+HALO_PX = 1.0
+"""Ring around each object (reference px) left out of the background plainness check: blur mixes
+an object's edge into the pixels next to it."""
+BACKGROUND_TOLERANCE = 0.6 * FOREGROUND_DISTANCE
+"""RGB distance (36) from the background colour within which a pixel counts as plain background."""
+MIN_PLAIN_SHARE = 0.9
+"""Share of a frame's background (everything but its objects and their halo) that must be plain for
+the frame to count as showing objects at all. Pixel noise of sigma 8 leaves >99.9% of background
+pixels within BACKGROUND_TOLERANCE, sigma 14 ~91%; noise strong enough to push pixels past
+FOREGROUND_DISTANCE by chance (sigma >= 16: ~83%, uniform noise ~3%) fails, so blobs of noise never
+count as objects."""
+MIN_SHOWN_SHARE = 0.5
+"""Least share of frames that must show a valid object for the clip to have a colour, shape and
+motion at all; below it the clip failed to show one and those attributes are None."""
 CORE_LEVEL = 0.8
 """Share of an object's contrast above which its pixels show its true colour (see
 _describe_object)."""
@@ -51,10 +79,20 @@ MEAN_KEYS = ("one_object", "flicker")
 class ClipAnalysis:
     """What the analyzer sees in a clip.
 
+    A frame shows objects only when its background is plain (``plain_background``: at least
+    MIN_PLAIN_SHARE of the pixels outside its objects lie within BACKGROUND_TOLERANCE of the
+    background colour). An object is a connected foreground component of object size and form
+    (area between MIN_OBJECT_AREA_PX and MAX_OBJECT_AREA_PX, bounding box at most
+    MAX_OBJECT_SIDE_PX and MAX_OBJECT_ASPECT, filling at least MIN_OBJECT_FILL of it, with at most
+    MAX_OBJECT_HOLES holes); anything else in the background makes it less plain.
+
     ``background`` is the background colour name nearest to the median frame border.
-    ``colour``, ``shape`` and ``motion`` describe the main (largest) object, voted over frames;
-    None when no frame has an object. ``centroids`` are (x, y) pixel positions per frame, None
-    where the frame has no object. ``one_object`` is the share of frames with exactly one object.
+    ``colour``, ``shape`` and ``motion`` describe the main (largest) object, voted over the frames
+    that show one; None when fewer than MIN_SHOWN_SHARE of the frames show an object.
+    ``object_counts`` are the objects per frame (0 where the background is not plain);
+    ``frame_colours``, ``frame_shapes`` and ``centroids`` ((x, y) pixels) describe each frame's main
+    object, None where the frame shows none. ``one_object`` is the share of frames with exactly one
+    object.
     ``flicker`` is the mean absolute change, per channel and normalised to [0, 1] by 255, between
     consecutive frames over the pixels that are background in both (0 for a static background,
     averaged over frame pairs; 0 for a single frame).
@@ -70,6 +108,7 @@ class ClipAnalysis:
     centroids: tuple[tuple[float, float] | None, ...]
     one_object: float
     flicker: float
+    plain_background: tuple[bool, ...]
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -209,23 +248,84 @@ def _describe_object(frame: np.ndarray, distance: np.ndarray,
 
 # ----------------------------------------------------------------------------- analysis
 
+def _hole_shares(labels: np.ndarray, ids: np.ndarray, frame_of: np.ndarray, top: np.ndarray,
+                 left: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Share of each component's filled outline that is holes, float [N].
+
+    Each component is cut out of its bounding box onto a canvas with a free margin; whatever of
+    the rest is not 4-connected to the margin is enclosed by the component, i.e. a hole. All
+    canvases are labelled in one connected_components call.
+    """
+    if len(ids) == 0:
+        return np.zeros(0)
+    side = int(max(heights.max(), widths.max())) + 2
+    canvas = np.zeros((len(ids), side, side), bool)
+    for n, (t, r, c, h, w) in enumerate(zip(frame_of, top, left, heights, widths)):
+        canvas[n, 1:h + 1, 1:w + 1] = labels[t, r:r + h, c:c + w] == ids[n]
+    gaps = connected_components(~canvas)
+    holes = ~canvas & (gaps != gaps[:, :1, :1])
+    hole_area = holes.sum(axis=(1, 2))
+    return hole_area / (canvas.sum(axis=(1, 2)) + hole_area)
+
+
+def _valid_objects(labels: np.ndarray, foreground: np.ndarray,
+                   scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Components that look like objects: (ids, areas, frame index), each [N].
+
+    ``scale`` is pixels per reference pixel along (y, x). See ClipAnalysis for the criteria.
+    """
+    _, height, width = labels.shape
+    ids, inverse, areas = np.unique(labels[foreground], return_inverse=True, return_counts=True)
+    _, rows, cols = np.nonzero(foreground)  # same (C) order as labels[foreground]
+    frame_of = ids // (height * width)
+    top = (ids % (height * width)) // width  # a label is the flat index of its first pixel
+    bottom = np.zeros_like(ids)
+    left = np.full_like(ids, width)
+    right = np.zeros_like(ids)
+    np.maximum.at(bottom, inverse, rows)
+    np.minimum.at(left, inverse, cols)
+    np.maximum.at(right, inverse, cols)
+    heights, widths = bottom - top + 1, right - left + 1
+    area_scale = scale[0] * scale[1]
+    ok = ((areas >= MIN_OBJECT_AREA_PX * area_scale) & (areas <= MAX_OBJECT_AREA_PX * area_scale)
+          & (heights <= MAX_OBJECT_SIDE_PX * scale[0]) & (widths <= MAX_OBJECT_SIDE_PX * scale[1])
+          & (np.maximum(heights / scale[0], widths / scale[1])
+             <= MAX_OBJECT_ASPECT * np.minimum(heights / scale[0], widths / scale[1]))
+          & (areas >= MIN_OBJECT_FILL * heights * widths))
+    holes = _hole_shares(labels, ids[ok], frame_of[ok], top[ok], left[ok], heights[ok], widths[ok])
+    ok[ok] = holes <= MAX_OBJECT_HOLES
+    return ids[ok], areas[ok], frame_of[ok]
+
+
+def _plain_background(distance: np.ndarray, objects: np.ndarray,
+                      scale: tuple[float, float]) -> np.ndarray:
+    """Per frame, bool [T]: whether the pixels outside ``objects`` (and their halo) are plain."""
+    ry, rx = (max(1, round(HALO_PX * s)) for s in scale)
+    padded = np.pad(objects, ((0, 0), (ry, ry), (rx, rx)))
+    _, height, width = objects.shape
+    halo = np.zeros_like(objects)
+    for dy in range(2 * ry + 1):
+        for dx in range(2 * rx + 1):
+            halo |= padded[:, dy:dy + height, dx:dx + width]
+    rest = ~halo
+    plain = (rest & (distance <= BACKGROUND_TOLERANCE)).sum(axis=(1, 2))
+    return plain >= MIN_PLAIN_SHARE * rest.sum(axis=(1, 2))
+
+
 def analyze_clip(frames: np.ndarray) -> ClipAnalysis:
     """Describe a clip, uint8 RGB [T, H, W, 3] (see ClipAnalysis)."""
     num_frames, height, width, _ = frames.shape
+    scale = (height / REFERENCE_SIZE, width / REFERENCE_SIZE)
     background = _border_background(frames)
     distance = np.linalg.norm(frames.astype(np.float64) - background[:, None, None, :], axis=-1)
     foreground = distance > FOREGROUND_DISTANCE
     labels = connected_components(foreground)
-    min_area = MIN_OBJECT_AREA_PX * (width / REFERENCE_SIZE) * (height / REFERENCE_SIZE)
-
-    ids, areas = np.unique(labels[foreground], return_counts=True)
-    keep = areas >= min_area
-    ids, areas = ids[keep], areas[keep]
-    frame_of = ids // (height * width)
+    ids, areas, frame_of = _valid_objects(labels, foreground, scale)
+    plain = _plain_background(distance, np.isin(labels, ids), scale)
 
     counts, descriptions = [], []
     for t in range(num_frames):
-        in_frame = frame_of == t
+        in_frame = (frame_of == t) & plain[t]
         counts.append(int(in_frame.sum()))
         if in_frame.any():
             main = labels[t] == ids[in_frame][np.argmax(areas[in_frame])]
@@ -233,18 +333,20 @@ def analyze_clip(frames: np.ndarray) -> ClipAnalysis:
         else:
             descriptions.append((None, None, None))
     colours, shapes, centroids = zip(*descriptions)
+    shown = np.mean([c is not None for c in centroids]) >= MIN_SHOWN_SHARE
     trajectory = np.array([c if c is not None else (np.nan, np.nan) for c in centroids], float)
     return ClipAnalysis(
         background=_nearest(np.median(background, axis=0), BACKGROUNDS),
-        colour=_majority(colours),
-        shape=_majority(shapes),
-        motion=classify_motion(trajectory, width),
+        colour=_majority(colours) if shown else None,
+        shape=_majority(shapes) if shown else None,
+        motion=classify_motion(trajectory, width) if shown else None,
         object_counts=tuple(counts),
         frame_colours=colours,
         frame_shapes=shapes,
         centroids=centroids,
         one_object=float(np.mean([c == 1 for c in counts])),
         flicker=_flicker(frames, foreground),
+        plain_background=tuple(bool(p) for p in plain),
     )
 
 
