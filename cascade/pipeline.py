@@ -130,6 +130,7 @@ class PipelineOutput:
     unknown_words: list[str]
     text_s: float
     decode_s: float
+    communication: list = field(default_factory=list)  # per tick and worker, from distributed executors
 
 
 class BlockCausalPipeline:
@@ -167,4 +168,5 @@ class BlockCausalPipeline:
             frames=frames, latents=latents, schedule=schedule, timeline=result.timeline,
             model_calls=result.model_calls, executor=executor.name, workers=executor.workers,
             unknown_words=unknown[0], text_s=text_s, decode_s=decode_s,
+            communication=list(getattr(result, "communication", [])),
         )

@@ -133,9 +133,22 @@ def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: Pr
         "text_encode_s": output.text_s,
         "decode_s": output.decode_s,
         "unknown_words": output.unknown_words,
+        **communication_figures(output.communication),
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
     return GenerateResult(frames=frames, stats=metrics.json_safe(stats), unknown_words=output.unknown_words)
+
+
+def communication_figures(entries: list) -> dict:
+    """Seconds the busiest worker spent moving K/V (after all workers arrived) and waiting for
+    slower workers, summed over the run's ticks; empty for executors that move nothing."""
+    if not entries:
+        return {}
+    workers = {e.worker for e in entries}
+    transfer = max(sum(e.transfer_s for e in entries if e.worker == w) for w in workers)
+    wait = max(sum(e.wait_s for e in entries if e.worker == w) for w in workers)
+    sent = sum(e.sent_bytes for e in entries)
+    return {"communication_s": transfer, "communication_wait_s": wait, "communication_bytes": sent}
 
 
 @dataclass

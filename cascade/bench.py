@@ -1,0 +1,301 @@
+"""``python -m cascade bench``: serial against Block Cascading on this machine, with its bounds.
+
+All figures come from one run, so the bounds and the speedups were measured under the same
+conditions:
+
+- bound (a): the throughput of W single-thread forward loops running at once against one loop
+  alone: what W one-core workers can give at best before any communication;
+- bound (b): the per-block cost of one batched forward of a tick's blocks on all cores against
+  one block on all cores: what batching a tick can give at best on one device.
+
+Speedups are counted as the Block Cascading paper counts them (serial on one worker of the kind
+each cascade worker is) and at equal total compute (serial given all cores). Quality does not
+depend on the executor (the executors are tested to agree), so it is measured once per
+computation (schedule, recache, joint) on held-out prompts, with the analyzer and against serial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .backend import LocalExecutor
+from .backend.local import torch_threads
+from .model.presets import load_model
+from .schedule import make_schedule
+from .service import GenerateRequest, get_executor, get_model, run_on
+from .toy import data
+from .toy.analyzer import aggregate
+from .toy.evaluate import judge
+
+PROMPT = "a red circle moving right"
+
+
+# ----------------------------------------------------------------------------- machine bounds
+
+def _forward_loop(model_name: str, threads: int, forwards: int, start_event, result_queue) -> None:
+    torch.set_num_threads(threads)
+    model = load_model(model_name)
+    x, text, cache = _block_inputs(model, context_blocks=3)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        for _ in range(3):
+            model.transformer(x, t, text, kv_cache=cache, start_frame=9)
+            cache.discard_staged()
+        start_event.wait()
+        started = time.perf_counter()
+        for _ in range(forwards):
+            model.transformer(x, t, text, kv_cache=cache, start_frame=9)
+            cache.discard_staged()
+    result_queue.put((time.perf_counter() - started) / forwards)
+
+
+def _block_inputs(model, context_blocks: int, rows: int = 1):
+    lay = model.layout
+    frames = (context_blocks + 1) * lay.frames_per_block
+    cache = model.transformer.new_kv_cache(frames, lay.height, lay.width)
+    for f in range(context_blocks * lay.frames_per_block):
+        cache.filled[f] = True
+    x = torch.randn(rows, lay.channels, lay.frames_per_block, lay.height, lay.width)
+    text, _ = model.encode_text(["a red circle"])
+    return x, text, cache
+
+
+def concurrent_loops(model_name: str, processes: int, forwards: int) -> float:
+    """Mean seconds per forward of each of ``processes`` single-thread loops running together."""
+    context = mp.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_forward_loop, args=(model_name, 1, forwards, start, results))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    start.set()
+    times = [results.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    return statistics.mean(times)
+
+
+def bound_concurrent(model_name: str, workers: int, forwards: int) -> dict:
+    alone = concurrent_loops(model_name, 1, forwards)
+    together = concurrent_loops(model_name, workers, forwards)
+    return {"workers": workers, "forward_alone_ms": alone * 1e3, "forward_concurrent_ms": together * 1e3,
+            "bound": workers * alone / together}
+
+
+def bound_batched(model, batch_sizes: list[int], forwards: int, threads: int) -> dict:
+    """Per-block cost of batched forwards of a tick's blocks, all cores."""
+    per_block = {}
+    with torch_threads(threads), torch.no_grad():
+        for rows in batch_sizes:
+            x, text, cache = _block_inputs(model, context_blocks=3, rows=rows)
+            t = torch.full((rows,), 500.0)
+            starts = [9] * rows
+            for _ in range(3):
+                model.transformer(x, t, text, kv_cache=cache, start_frame=starts)
+                cache.discard_staged()
+            started = time.perf_counter()
+            for _ in range(forwards):
+                model.transformer(x, t, text, kv_cache=cache, start_frame=starts)
+                cache.discard_staged()
+            per_block[rows] = (time.perf_counter() - started) / forwards / rows
+    best = min(per_block.values())
+    return {"per_block_ms": {str(k): v * 1e3 for k, v in per_block.items()}, "bound": per_block[1] / best}
+
+
+# ----------------------------------------------------------------------------- timed runs
+
+def timed(request: GenerateRequest, executor, repeats: int) -> dict:
+    """Median latency over ``repeats`` runs after one warm-up; stats of the median run."""
+    model = get_model(request.model)
+    run_on(request, model, executor)
+    runs = [run_on(request, model, executor).stats for _ in range(repeats)]
+    runs.sort(key=lambda s: s["latency_s"])
+    stats = runs[len(runs) // 2]
+    comm = stats.get("communication_s")
+    return {
+        "latency_s": stats["latency_s"], "latencies_s": [s["latency_s"] for s in runs],
+        "fps": stats["fps"], "block_fps": stats["block_fps"], "time_to_first_block_s": stats["time_to_first_block_s"],
+        "ticks": stats["ticks"], "forwards": stats["forwards"], "model_calls": stats["model_calls"],
+        "workers": stats["workers"], "threads": stats["threads"],
+        "communication_share": (comm / stats["latency_s"]) if comm is not None else None,
+    }
+
+
+def variants(quick: bool) -> list[dict]:
+    """(name, request changes, executor kind, threads) of every timed configuration."""
+    cascade = dict(mode="cascade", window=2, stride=1)
+    rows = [
+        dict(name="serial, 1 core", changes=dict(mode="serial"), executor="local", threads=1),
+        dict(name="serial, 2 cores", changes=dict(mode="serial"), executor="local", threads=2),
+        dict(name="cascade W2 s1, 2 workers x 1 core", changes=cascade, executor="distributed", threads=1),
+        dict(name="cascade W2 s1 no recache, 2 workers x 1 core", changes={**cascade, "recache": False},
+             executor="distributed", threads=1),
+        dict(name="cascade W4 s1, batched, 2 cores", changes=dict(mode="cascade", window=4, stride=1),
+             executor="batched", threads=2),
+        dict(name="cascade W4 s1 joint, 2 cores", changes=dict(mode="cascade", window=4, stride=1, joint=True),
+             executor="local", threads=2),
+    ]
+    if not quick:
+        for window in (2, 4, 8):
+            for stride in (1, 2, 3):
+                rows.append(dict(name=f"sweep: cascade W{window} s{stride}, batched, 2 cores",
+                                 changes=dict(mode="cascade", window=window, stride=stride),
+                                 executor="batched", threads=2))
+    return rows
+
+
+# ----------------------------------------------------------------------------- quality
+
+def computation_key(changes: dict) -> tuple:
+    return (changes.get("mode"), changes.get("window", 1) if changes.get("mode") == "cascade" else 1,
+            changes.get("stride") if changes.get("mode") == "cascade" else None,
+            changes.get("recache", True), changes.get("joint", False))
+
+
+def quality(base: GenerateRequest, rows: list[dict], prompts: int) -> dict:
+    """Analyzer scores and PSNR/SSIM vs serial per distinct computation, on held-out prompts."""
+    model = get_model(base.model)
+    executor = LocalExecutor(batched=True)
+    items = data.eval_set(prompts, seed=0)
+    serial_frames = {}
+    results = {}
+    for row in rows:
+        key = computation_key(row["changes"])
+        if key in results:
+            continue
+        scores, psnrs, ssims = [], [], []
+        for item in items:
+            request = replace(base, **row["changes"], prompt=item.prompt, seed=item.seed)
+            frames = run_on(request, model, executor).frames
+            if key[0] == "serial":
+                serial_frames[item] = frames
+            scores.append(judge(frames, item.prompt))
+            psnrs.append(metrics.psnr(serial_frames[item], frames))
+            ssims.append(metrics.ssim(serial_frames[item], frames))
+        finite = [p for p in psnrs if p != float("inf")]
+        results[key] = {
+            "analyzer": aggregate(scores),
+            "psnr_db_vs_serial": statistics.mean(finite) if finite else float("inf"),
+            "ssim_vs_serial": statistics.mean(ssims),
+        }
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+def run(args: argparse.Namespace) -> dict:
+    model = get_model(args.model)
+    base = GenerateRequest(prompt=PROMPT, model=model.name, blocks=args.blocks, steps=args.steps)
+    forwards = 20 if args.quick else 100
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "processor": platform.processor()},
+        "model": model.name, "random_weights": model.random_weights, "blocks": args.blocks,
+        "steps": args.steps or model.sampler.num_steps, "quick": args.quick,
+        "bounds": {
+            "concurrent": bound_concurrent(model.name, 2, forwards),
+            "batched": bound_batched(model, [1, 2, 4], forwards, threads=2),
+        },
+    }
+    rows = variants(args.quick)
+    timings = []
+    for row in rows:
+        request = replace(base, **row["changes"], executor=row["executor"], workers=2, threads=row["threads"])
+        executor = get_executor(row["executor"], model.name, 2, row["threads"])
+        timings.append({"name": row["name"], "executor": row["executor"], **timed(request, executor, args.repeats)})
+        print(f"{row['name']}: {timings[-1]['latency_s']:.3f} s", file=sys.stderr)
+    serial_1 = timings[0]["latency_s"]
+    serial_2 = timings[1]["latency_s"]
+    bound_a = report["bounds"]["concurrent"]["bound"]
+    bound_b = report["bounds"]["batched"]["bound"]
+    for row, timing in zip(rows, timings):
+        timing["ideal_speedup"] = timings[0]["ticks"] / timing["ticks"]
+        timing["speedup_vs_serial_1_core"] = serial_1 / timing["latency_s"]
+        timing["speedup_vs_serial_2_cores"] = serial_2 / timing["latency_s"]
+        if row["executor"] == "distributed":
+            timing["share_of_bound_a"] = timing["speedup_vs_serial_1_core"] / bound_a
+        elif row["threads"] == 2 and row["changes"].get("mode") == "cascade":
+            timing["share_of_bound_b"] = timing["speedup_vs_serial_2_cores"] / bound_b
+    report["runs"] = timings
+    qualities = quality(base, rows, args.prompts)
+    for row, timing in zip(rows, timings):
+        timing["quality"] = qualities[computation_key(row["changes"])]
+    return report
+
+
+def _pct(summary: dict, key: str) -> str:
+    s = summary.get(key)
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.0%} [{s['low']:.0%}, {s['high']:.0%}]"
+
+
+def markdown(report: dict) -> str:
+    b = report["bounds"]
+    lines = [
+        "## Serial vs Block Cascading on this machine (`python -m cascade bench`)",
+        "",
+        f"Model `{report['model']}`{' (RANDOM weights: timing only, quality columns are meaningless)' if report['random_weights'] else ''}, "
+        f"{report['blocks']} blocks, {report['steps']} steps, {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}"
+        f"{' (quick run)' if report['quick'] else ''}.",
+        "",
+        f"Bound (a), 2 single-thread loops at once vs one: {b['concurrent']['forward_alone_ms']:.1f} ms alone, "
+        f"{b['concurrent']['forward_concurrent_ms']:.1f} ms together → at most **{b['concurrent']['bound']:.2f}×**.",
+        f"Bound (b), batched forward per block on 2 cores: "
+        + ", ".join(f"batch {k}: {v:.1f} ms" for k, v in b["batched"]["per_block_ms"].items())
+        + f" → at most **{b['batched']['bound']:.2f}×**.",
+        "",
+        "| variant | latency s | FPS | first block s | ticks | ideal × | × vs serial 1 core | × vs serial 2 cores | share of bound | comm share | colour | shape | motion | one object | PSNR dB vs serial | SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        q = r["quality"]
+        a = q["analyzer"]
+        share = r.get("share_of_bound_a", r.get("share_of_bound_b"))
+        comm = r.get("communication_share")
+        lines.append(
+            f"| {r['name']} | {r['latency_s']:.3f} | {r['fps']:.1f} | {r['time_to_first_block_s']:.3f} | {r['ticks']} | "
+            f"{r['ideal_speedup']:.2f} | {r['speedup_vs_serial_1_core']:.2f} | {r['speedup_vs_serial_2_cores']:.2f} | "
+            f"{'–' if share is None else f'{share:.0%}'} | {'–' if comm is None else f'{comm:.0%}'} | "
+            f"{_pct(a, 'colour')} | {_pct(a, 'shape')} | {_pct(a, 'motion')} | {_pct(a, 'one_object')} | "
+            f"{q['psnr_db_vs_serial']:.1f} | {q['ssim_vs_serial']:.3f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer variants, prompts and repeats")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--prompts", type=int, default=None, help="held-out prompt/seed pairs for quality")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", required=True, type=Path)
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here (e.g. BENCHMARKS.md)")
+
+
+def main(args: argparse.Namespace) -> int:
+    args.prompts = args.prompts or (4 if args.quick else 32)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    report = run(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(metrics.json_safe(report), indent=1) + "\n")
+    table = markdown(report)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+    return 0

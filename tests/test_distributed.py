@@ -1,0 +1,177 @@
+"""DistributedExecutor against LocalExecutor as the oracle: a 2-worker gloo pool on the CPU.
+
+One pool serves the whole module (spawning workers costs seconds), in file order: equivalence
+runs, reuse, refused jobs, a killed worker (the pool restarts), clean close; then the torchrun
+form. Tiny model, few blocks and steps, one thread per worker.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.backend import LocalExecutor
+from cascade.backend.distributed import DistributedExecutor, owner
+from cascade.model import CausalWanTransformer
+from cascade.model.presets import TINY, load_model
+from cascade.pipeline import BlockCausalPipeline, DenoiseJob
+from cascade.schedule import make_schedule
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = 2
+BLOCKS, STEPS, SEED = 3, 2, 3
+PROMPT = "a red ball"
+SCHEDULES = {
+    "serial": make_schedule(BLOCKS, STEPS),
+    "cascade-window2-recache": make_schedule(BLOCKS, STEPS, window=2, stride=1, recache=True),
+    "cascade-window4-no-recache": make_schedule(BLOCKS + 1, STEPS, window=4, stride=1, recache=False),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("random-tiny")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1) as executor:
+        yield executor
+
+
+def generate(model, schedule, executor, **kwargs):
+    return BlockCausalPipeline(model)(PROMPT, schedule, executor, seed=SEED, **kwargs)
+
+
+def local_latents(model, schedule) -> torch.Tensor:
+    return generate(model, schedule, LocalExecutor(threads=1)).latents
+
+
+def make_job(model, schedule, transformer=None) -> DenoiseJob:
+    text, _ = model.encode_text([PROMPT])
+    return DenoiseJob(transformer=transformer or model.transformer, text=text, sampler=model.sampler.with_steps(STEPS),
+                      layout=model.layout, num_blocks=schedule.num_blocks, seed=SEED)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_pool_equals_local_executor(model, pool, name):
+    schedule = SCHEDULES[name]
+    fractions = []
+    out = generate(model, schedule, pool, progress=lambda fraction, _: fractions.append(fraction))
+    assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+    assert out.executor == "distributed" and out.workers == WORKERS
+    assert out.model_calls == schedule.num_items
+    assert fractions[-1] == 1.0 and len(fractions) == schedule.num_ticks
+
+    ran = sorted((e.block, str(e.step)) for e in out.timeline)
+    assert ran == sorted((i.block, str(i.step)) for tick in schedule.ticks for i in tick)
+    assert all(e.worker == owner(e.block, WORKERS) for e in out.timeline)
+    assert all(0 <= e.start <= e.end for e in out.timeline)
+    # One clock for all workers: a tick starts only after every item of the previous one ended.
+    tick_of = {(i.block, i.step): t for t, tick in enumerate(schedule.ticks) for i in tick}
+    for t in range(1, schedule.num_ticks):
+        previous = [e.end for e in out.timeline if tick_of[(e.block, e.step)] == t - 1]
+        current = [e.start for e in out.timeline if tick_of[(e.block, e.step)] == t]
+        assert max(previous) <= min(current)
+
+
+def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
+    schedule = SCHEDULES["cascade-window2-recache"]
+    result = pool.execute(make_job(model, schedule), schedule)
+    tiny = model.transformer.config
+    tokens_per_block = 3 * (model.layout.height // 8) * (model.layout.width // 8)
+    kv_bytes_per_block = 2 * tiny.num_layers * tokens_per_block * tiny.num_attention_heads * tiny.attention_head_dim * 4
+    assert [(c.tick, c.worker) for c in result.communication] == [
+        (t, w) for t in range(schedule.num_ticks) for w in range(WORKERS)]
+    for c in result.communication:
+        blocks = [i.block for i in schedule.ticks[c.tick]]
+        mine = sum(owner(b, WORKERS) == c.worker for b in blocks)
+        assert c.sent_bytes == mine * kv_bytes_per_block
+        assert c.received_bytes == (len(blocks) - mine) * kv_bytes_per_block
+        assert c.start <= c.ready <= c.end and c.wait_s >= 0 and c.transfer_s >= 0
+    assert all(x.device.type == "cpu" for x in result.latents)
+
+
+def test_pool_is_reused_across_runs(model, pool):
+    pids = pool.worker_pids
+    schedule = SCHEDULES["serial"]
+    first = generate(model, schedule, pool)
+    second = generate(model, schedule, pool)
+    assert pool.worker_pids == pids and all(alive(pid) for pid in pids)
+    assert torch.equal(first.latents, second.latents)
+
+
+def test_refused_jobs_leave_the_pool_running(model, pool):
+    pids = pool.worker_pids
+    schedule = SCHEDULES["cascade-window2-recache"]
+    with pytest.raises(ValueError, match="joint"):
+        pool.execute(dataclasses.replace(make_job(model, schedule), joint=True), schedule)
+    torch.manual_seed(1)
+    other = CausalWanTransformer(**TINY).eval()
+    with pytest.raises(ValueError, match="weights differ"):
+        pool.execute(make_job(model, schedule, transformer=other), schedule)
+    assert pool.worker_pids == pids and all(alive(pid) for pid in pids)
+
+
+def test_killed_worker_fails_the_run_quickly_and_the_pool_restarts(model, pool):
+    schedule = SCHEDULES["cascade-window2-recache"]
+    old_pids = pool.worker_pids
+    killed_at = []
+
+    def kill_worker_1(fraction, message):
+        if not killed_at:
+            os.kill(old_pids[1], signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+    with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+, cpu\) died: killed by signal SIGKILL"):
+        generate(model, schedule, pool, progress=kill_worker_1)
+    assert time.monotonic() - killed_at[0] < 10
+    assert not any(alive(pid) for pid in old_pids)
+
+    again = generate(model, schedule, pool)
+    assert set(pool.worker_pids).isdisjoint(old_pids)
+    assert (again.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+
+
+def test_close_stops_every_worker(model, pool):
+    pids = pool.worker_pids
+    assert len(pids) == WORKERS and all(alive(pid) for pid in pids)
+    pool.close()
+    assert pool.worker_pids == [] and not any(alive(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        generate(model, SCHEDULES["serial"], pool)
+
+
+def test_torchrun_generates_the_same_video(model, tmp_path):
+    schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORKERS}",
+        "-m", "cascade.backend.distributed", "--model", "random-tiny", "--prompt", PROMPT,
+        "--blocks", str(BLOCKS), "--steps", str(STEPS), "--window", "2", "--stride", "1",
+        "--seed", str(SEED), "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    latents = torch.from_numpy(np.load(tmp_path / "latents.npy"))
+    assert (latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["workers"] == WORKERS and stats["forwards"] == schedule.num_items
+    assert {e["worker"] for e in stats["timeline"]} == set(range(WORKERS))
+    assert (tmp_path / "video.mp4").stat().st_size > 0
