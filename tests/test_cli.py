@@ -42,3 +42,29 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_compare_on_a_worker_pool_writes_both_runs_and_counts_speedup_as_the_paper(tmp_path):
+    from cascade.service import close_pools
+
+    try:
+        code = main(["compare", "--prompt", "a green square moving up", "--model", "random-tiny", "--blocks", "3",
+                     "--steps", "2", "--window", "2", "--stride", "1", "--executor", "distributed", "--workers", "2",
+                     "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        close_pools()
+    assert code == 0
+    for name in ("serial.mp4", "cascade.mp4", "side_by_side.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+    serial, cascade = np.load(tmp_path / "frames_serial.npy"), np.load(tmp_path / "frames_cascade.npy")
+    assert serial.shape == cascade.shape == (9, 64, 64, 3)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert set(stats) == {"serial", "cascade", "speedup", "ideal_speedup", "quality"}
+    # the serial side runs on one worker of the kind each cascade worker is: one core
+    assert (stats["serial"]["workers"], stats["serial"]["threads"], stats["serial"]["executor"]) == (1, 1, "local")
+    assert (stats["cascade"]["workers"], stats["cascade"]["executor"]) == (2, "distributed")
+    assert {e["worker"] for e in stats["cascade"]["timeline"]} == {0, 1}
+    assert stats["ideal_speedup"] == stats["serial"]["ticks"] / stats["cascade"]["ticks"]
+    assert stats["speedup"] == stats["serial"]["latency_s"] / stats["cascade"]["latency_s"]
+    assert stats["cascade"]["communication_bytes"] > 0
+    assert {"psnr_db", "ssim"} <= set(stats["quality"])
