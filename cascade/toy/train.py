@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from ..model.presets import TINY, WEIGHTS_ROOT, save_folder
-from ..model.text import TextEncoder, ToyTextEncoder, WordTokenizer
+from ..model.presets import MODEL_CONFIG_FILE, TINY, TRANSFORMER_FILE, WEIGHTS_ROOT, save_folder
+from ..model.text import TextEncoder, ToyTextEncoder, WordTokenizer, load_text_encoder
 from ..model.transformer import CausalWanTransformer
 from ..sampling import NUM_TRAIN_TIMESTEPS, FlowMatchSampler, add_noise, warp_timestep
 from . import data
@@ -132,6 +133,7 @@ class Trainer:
         self.ema_encoder = copy.deepcopy(self.text.encoder).eval()
         self.levels = NoiseLevels(config)
         self.step = 0
+        self.warmup_from = 0
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.seconds = 0.0
@@ -143,9 +145,33 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def resume(self) -> bool:
-        if not self.checkpoint_path.exists():
-            return False
+    def resume(self) -> str | None:
+        """Continue from the run's checkpoint, else from the exported (shipped) weights."""
+        if self.checkpoint_path.exists():
+            self._resume_checkpoint()
+            return str(self.checkpoint_path)
+        if (Path(self.config.export) / MODEL_CONFIG_FILE).exists():
+            self._resume_export(Path(self.config.export))
+            return self.config.export
+        return None
+
+    def _resume_export(self, folder: Path) -> None:
+        """The shipped EMA weights become both the live and the EMA weights; the optimizer
+        starts afresh (its warm-up covers that). This is what a new machine resumes from: the
+        repo carries the small export, not the optimizer state."""
+        info = json.loads((folder / MODEL_CONFIG_FILE).read_text())
+        transformer = {k: v.float() for k, v in load_file(str(folder / TRANSFORMER_FILE)).items()}
+        _, encoder = load_text_encoder(folder)
+        for model in (self.transformer, self.ema_transformer):
+            model.load_state_dict(transformer)
+        for model in (self.text.encoder, self.ema_encoder):
+            model.load_state_dict(encoder.state_dict())
+        self.step, self.seconds = info["training"]["steps"], float(info["training"]["seconds"])
+        self.warmup_from = self.step
+        self.rng = np.random.default_rng([self.config.seed, self.step])
+        self.generator.manual_seed(self.config.seed * 1_000_003 + self.step)
+
+    def _resume_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, weights_only=False)
         self.transformer.load_state_dict(state["transformer"])
         self.text.encoder.load_state_dict(state["text_encoder"])
@@ -153,9 +179,9 @@ class Trainer:
         self.ema_encoder.load_state_dict(state["ema_text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = state["step"], state["seconds"]
+        self.warmup_from = state.get("warmup_from", 0)
         self.rng.bit_generator.state = state["numpy_rng"]
         self.generator.set_state(state["torch_rng"])
-        return True
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +190,7 @@ class Trainer:
             "ema_transformer": self.ema_transformer.state_dict(), "ema_text_encoder": self.ema_encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": self.step, "seconds": self.seconds,
             "numpy_rng": self.rng.bit_generator.state, "torch_rng": self.generator.get_state(),
+            "warmup_from": self.warmup_from,
             "config": asdict(self.config),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -187,7 +214,7 @@ class Trainer:
         return folder
 
     def lr_at(self, step: int) -> float:
-        return self.config.lr * min(1.0, (step + 1) / self.config.warmup)
+        return self.config.lr * min(1.0, (step - self.warmup_from + 1) / self.config.warmup)
 
     def train_step(self) -> float:
         self.transformer.train()
@@ -248,8 +275,9 @@ def main(args: argparse.Namespace) -> int:
         with log_path.open("a") as f:
             f.write(line + "\n")
 
-    if not args.fresh and trainer.resume():
-        log(f"resumed from {trainer.checkpoint_path} at step {trainer.step}")
+    source = None if args.fresh else trainer.resume()
+    if source:
+        log(f"resumed from {source} at step {trainer.step}")
     params = sum(p.numel() for p in trainer.params)
     log(f"training {params / 1e6:.2f}M parameters to step {trainer.config.steps}")
     trainer.run(log)

@@ -1,0 +1,65 @@
+"""The trainer: resumable to the bit, exports a loadable model, resumes from an export."""
+
+import torch
+
+from cascade.model.presets import load_model
+from cascade.toy.train import NoiseLevels, TrainConfig, Trainer, block_causal_mask
+
+
+def small_config(tmp_path, steps: int) -> TrainConfig:
+    return TrainConfig(out=str(tmp_path / "run"), export=str(tmp_path / "export"), steps=steps, batch_size=2,
+                       clip_blocks=2, render_blocks=3, threads=1, log_every=1, save_every=2, export_every=100)
+
+
+def weights(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.params]
+
+
+def test_block_causal_mask():
+    mask = block_causal_mask(3, 2)
+    assert mask.shape == (6, 6)
+    assert mask[0, :2].all() and not mask[0, 2:].any()
+    assert mask[5].all() and not mask[2, 4:].any() and mask[3, :4].all()
+
+
+def test_noise_levels_have_clean_blocks_and_inference_levels():
+    levels = NoiseLevels(TrainConfig())
+    sigmas = levels.draw(torch.Generator().manual_seed(0), 200, 4)
+    clean = (sigmas == 0).float().mean().item()
+    assert 0.2 < clean < 0.3
+    assert ((sigmas >= 0) & (sigmas <= 1)).all()
+    on_grid = torch.isin(sigmas, levels.inference_sigmas).float().mean().item()
+    assert on_grid > 0.3
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
+    straight = Trainer(small_config(tmp_path / "a", 4))
+    straight.run(log=lambda line: None)
+
+    first = Trainer(small_config(tmp_path / "b", 2))
+    first.run(log=lambda line: None)
+    second = Trainer(small_config(tmp_path / "b", 4))
+    assert second.resume() == str(second.checkpoint_path) and second.step == 2
+    second.run(log=lambda line: None)
+    for a, b in zip(weights(straight), weights(second)):
+        assert torch.equal(a, b)
+
+
+def test_export_loads_as_a_model_and_training_resumes_from_it(tmp_path):
+    config = small_config(tmp_path, 2)
+    trainer = Trainer(config)
+    trainer.run(log=lambda line: None)
+    folder = trainer.export()
+    model = load_model(str(folder))
+    assert model.name == "tiny-shapes" and not model.random_weights
+    assert model.local_window == config.clip_blocks * 3 and model.sampler.prediction == "sample"
+    _, unknown = model.encode_text(["a red circle zooming"])
+    assert unknown == [["zooming"]]
+
+    fresh_run = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "elsewhere"), "steps": 3})
+    resumed = Trainer(fresh_run)
+    assert resumed.resume() == config.export and resumed.step == 2
+    for a, b in zip(resumed.ema_transformer.state_dict().values(), model.transformer.state_dict().values()):
+        assert torch.equal(a, b)
+    resumed.run(log=lambda line: None)
+    assert resumed.step == 3
