@@ -41,6 +41,30 @@ class _ForwardState:
     num_frames: int = 0
     attention_mask: torch.Tensor | None = None
     row_keys: list | None = None
+    _context: tuple | None = None
+
+    def context_plan(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Token index of the committed frames the rows see, and a key mask if rows differ.
+
+        The same for every layer of a forward (the cache is committed only between forwards),
+        so it is worked out once per call.
+        """
+        if self._context is None:
+            self._context = self._plan(self.kv_cache)
+        return self._context
+
+    def _plan(self, cache: KVCache):
+        per_row = [set(cache.context_frames(s, self.num_frames)) for s in self.start_frames]
+        frames = sorted(set().union(*per_row))
+        if not frames:
+            return None, None
+        index = cache.token_index(frames)
+        if all(len(r) == len(frames) for r in per_row):
+            return index, None
+        visible = [[f in r for f in frames for _ in range(cache.tokens_per_frame)] for r in per_row]
+        mask = torch.tensor(visible, dtype=torch.bool, device=cache.device)
+        own = torch.ones(len(per_row), self.num_frames * cache.tokens_per_frame, dtype=torch.bool, device=cache.device)
+        return index, torch.cat([mask, own], dim=1)[:, None, None, :]
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -89,11 +113,9 @@ class CausalWanAttnProcessor:
     def _with_context(self, cache: KVCache, key: torch.Tensor, value: torch.Tensor):
         """Prepend the committed K/V of the earlier frames each row may see."""
         rows = key.shape[0]
-        per_row = [cache.context_frames(s, self.state.num_frames) for s in self.state.start_frames]
-        frames = sorted(set().union(*per_row))
-        if not frames:
+        index, mask = self.state.context_plan()
+        if index is None:
             return key, value, None
-        index = cache.token_index(frames)
         cached_k = cache.k[self.layer].index_select(1, index).to(key.dtype)
         cached_v = cache.v[self.layer].index_select(1, index).to(value.dtype)
         if cached_k.shape[0] != rows:
@@ -101,12 +123,7 @@ class CausalWanAttnProcessor:
             cached_v = cached_v.expand(rows, -1, -1, -1)
         key = torch.cat([cached_k, key], dim=1)
         value = torch.cat([cached_v, value], dim=1)
-        if all(len(r) == len(frames) for r in per_row):
-            return key, value, None
-        visible = [[f in set(r) for f in frames for _ in range(cache.tokens_per_frame)] for r in per_row]
-        mask = torch.tensor(visible, dtype=torch.bool, device=key.device)
-        own = torch.ones(rows, key.shape[1] - mask.shape[1], dtype=torch.bool, device=key.device)
-        return key, value, torch.cat([mask, own], dim=1)[:, None, None, :]
+        return key, value, mask
 
     def _cross_qkv(self, attn, hidden_states, context):
         query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
@@ -271,10 +288,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         state = self._state
         state.kv_cache, state.start_frames, state.num_frames = kv_cache, start_frames, frames
         state.attention_mask, state.row_keys = attention_mask, list(row_keys) if row_keys is not None else None
+        state._context = None
         try:
             yield
         finally:
             state.kv_cache, state.start_frames, state.attention_mask, state.row_keys = None, None, None, None
+            state._context = None
 
     def _head(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         if temb.ndim == 3:
