@@ -25,6 +25,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "distributed: a pool of worker processes, block b on worker b mod W")
     parser.add_argument("--workers", type=int, default=2, help="distributed: worker processes (devices)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--bwcache", action="store_true", help="reuse transformer-block features across steps")
+    parser.add_argument("--bwcache-threshold", type=float, default=0.15, help="BWCache: reuse below this change")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
 
@@ -42,6 +44,7 @@ def _request(args: argparse.Namespace, mode: str):
         prompt=args.prompt, mode=mode, model=args.model, blocks=args.blocks, steps=args.steps,
         window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
         executor=args.executor, workers=args.workers, seed=args.seed, threads=args.threads,
+        bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold,
     )
 
 

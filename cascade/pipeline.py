@@ -147,6 +147,7 @@ class BlockCausalPipeline:
         seed: int = 0,
         joint: bool = False,
         progress: ProgressFn | None = None,
+        request_id: str = "run",
     ) -> PipelineOutput:
         sampler = self.model.sampler
         if schedule.num_steps != sampler.num_steps:
@@ -157,7 +158,7 @@ class BlockCausalPipeline:
         job = DenoiseJob(
             transformer=self.model.transformer, text=text, sampler=sampler, layout=self.model.layout,
             num_blocks=schedule.num_blocks, seed=seed, joint=joint,
-            local_window=self.model.local_window, sink_frames=self.model.sink_frames,
+            local_window=self.model.local_window, sink_frames=self.model.sink_frames, request_id=request_id,
         )
         result = executor.execute(job, schedule, progress=progress)
         latents = torch.cat([x.cpu() for x in result.latents], dim=2)

@@ -7,6 +7,8 @@ so the serial and the cascaded run of a comparison use the same backend.
 from __future__ import annotations
 
 import atexit
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from . import metrics
 from .backend import LocalExecutor
+from .caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, remove_bw_cache
 from .model.presets import CascadeModel, default_model_name, load_model
 from .pipeline import BlockCausalPipeline, ProgressFn
 from .schedule import make_schedule
@@ -39,6 +42,8 @@ class GenerateRequest:
     workers: int = 2
     seed: int = 0
     threads: int | None = None
+    bwcache: bool = False
+    bwcache_threshold: float = 0.15
 
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
@@ -53,6 +58,10 @@ class GenerateRequest:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.joint and self.executor == "distributed":
             raise ValueError("the joint variant runs a tick as one forward on one device: use a local executor")
+        if self.bwcache and self.executor == "distributed":
+            raise ValueError("BWCache runs on local executors only for now: its hooks live on this process's model")
+        if self.bwcache_threshold < 0:
+            raise ValueError(f"bwcache_threshold must be at least 0, got {self.bwcache_threshold}")
 
 
 @dataclass
@@ -104,8 +113,10 @@ def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: Pr
     else:
         window, stride = request.window, request.stride
     schedule = make_schedule(request.blocks, steps, window=window, stride=stride, recache=request.recache)
-    output = BlockCausalPipeline(model)(request.prompt, schedule, executor, seed=request.seed,
-                                       joint=request.joint, progress=progress)
+    request_id = uuid.uuid4().hex
+    with bw_cache(model, request, steps, request_id) as cache_stats:
+        output = BlockCausalPipeline(model)(request.prompt, schedule, executor, seed=request.seed,
+                                           joint=request.joint, progress=progress, request_id=request_id)
     frames = output.frames
     frames_per_block = frames.shape[0] // request.blocks
     timing = metrics.run_timing(output.timeline, frames_per_block, request.blocks)
@@ -133,10 +144,38 @@ def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: Pr
         "text_encode_s": output.text_s,
         "decode_s": output.decode_s,
         "unknown_words": output.unknown_words,
+        "bwcache": cache_figures(cache_stats, len(model.transformer.blocks), len(output.timeline)),
         **communication_figures(output.communication),
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
     return GenerateResult(frames=frames, stats=metrics.json_safe(stats), unknown_words=output.unknown_words)
+
+
+@contextmanager
+def bw_cache(model: CascadeModel, request: GenerateRequest, steps: int, request_id: str):
+    """BWCache hooks on the shared model for the length of one request; yields its stats dict,
+    filled when the run ends (empty without the cache). Requests are served one at a time."""
+    stats: dict = {}
+    if not request.bwcache:
+        yield stats
+        return
+    apply_bw_cache(model.transformer, BWCacheConfig(steps, threshold=request.bwcache_threshold))
+    try:
+        yield stats
+        stats.update(bw_cache_stats(model.transformer, request_id))
+    finally:
+        remove_bw_cache(model.transformer)
+
+
+def cache_figures(stats: dict, layers: int, items: int) -> dict:
+    """Reuse rate and transformer-block computations done and saved (none without the cache)."""
+    if not stats:
+        return {"enabled": False, "reuse_rate": 0.0, "block_computations": items * layers,
+                "block_computations_saved": 0}
+    return {"enabled": True, "threshold": stats["threshold"], "reuse_interval": stats["reuse_interval"],
+            "reuse_rate": stats["reuse_rate"], "block_computations": stats["block_computations"],
+            "block_computations_saved": stats["block_computations_skipped"],
+            "block_computation_reduction": stats["block_computation_reduction"]}
 
 
 def communication_figures(entries: list) -> dict:

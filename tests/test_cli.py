@@ -68,3 +68,25 @@ def test_compare_on_a_worker_pool_writes_both_runs_and_counts_speedup_as_the_pap
     assert stats["speedup"] == stats["serial"]["latency_s"] / stats["cascade"]["latency_s"]
     assert stats["cascade"]["communication_bytes"] > 0
     assert {"psnr_db", "ssim"} <= set(stats["quality"])
+
+
+def test_bwcache_option_reports_reuse_and_threshold_zero_changes_nothing(tmp_path):
+    common = ["generate", "--prompt", "a red circle", "--model", "random-tiny", "--blocks", "2", "--steps", "8",
+              "--no-recache", "--threads", "1"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--bwcache", "--bwcache-threshold", "0", "--out", str(tmp_path / "zero")]) == 0
+    assert main(common + ["--bwcache", "--bwcache-threshold", "1e9", "--out", str(tmp_path / "forced")]) == 0
+    plain, zero, forced = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("plain", "zero", "forced"))
+    assert plain["bwcache"] == {"enabled": False, "reuse_rate": 0.0, "block_computations": 16 * 6,
+                                "block_computations_saved": 0}
+    assert zero["bwcache"]["enabled"] and zero["bwcache"]["reuse_rate"] == 0.0
+    assert np.array_equal(np.load(tmp_path / "plain" / "frames.npy"), np.load(tmp_path / "zero" / "frames.npy"))
+    saved = forced["bwcache"]["block_computations_saved"]
+    assert forced["bwcache"]["reuse_rate"] > 0 and saved > 0
+    assert forced["bwcache"]["block_computations"] + saved == 16 * 6
+
+
+def test_bwcache_on_a_worker_pool_is_refused_clearly(tmp_path, capsys):
+    assert main(["generate", "--prompt", "x", "--model", "random-tiny", "--executor", "distributed", "--bwcache",
+                 "--out", str(tmp_path)]) == 2
+    assert "BWCache runs on local executors" in capsys.readouterr().err
