@@ -63,3 +63,16 @@ def test_export_loads_as_a_model_and_training_resumes_from_it(tmp_path):
         assert torch.equal(a, b)
     resumed.run(log=lambda line: None)
     assert resumed.step == 3
+
+
+def test_object_weights_mark_exactly_the_object():
+    from cascade.toy import data
+    from cascade.toy.train import object_weights
+
+    spec = data.ClipSpec("red", "square", "right", "navy", 14, 20.0, 30.0)
+    clip = data.render_clip(spec, 3)[None]
+    weights = object_weights(clip, 10.0)
+    assert weights.shape == (1, 1, 3, 64, 64)
+    on_object = (clip[0] != clip[0, 0, 0, 0]).any(-1)
+    assert torch.equal(weights[0, 0] == 10.0, torch.from_numpy(on_object))
+    assert set(weights.unique().tolist()) == {1.0, 10.0}
