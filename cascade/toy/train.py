@@ -51,7 +51,7 @@ class TrainConfig:
     lr: float = 4e-4
     warmup: int = 200
     weight_decay: float = 0.01
-    ema: float = 0.999
+    ema: float = 0.995
     clean_share: float = 0.25
     object_weight: float = 10.0
     shift: float = 5.0
