@@ -1,5 +1,7 @@
-"""Assemble BENCHMARKS.md from the tables the benchmark scripts wrote to benchmarks/results/.
+"""Assemble BENCHMARKS.md from what the benchmark scripts wrote to benchmarks/results/.
 
+    python -m cascade eval --prompts 96 --json benchmarks/results/eval_serial.json
+    python -m cascade eval --mode cascade --window 4 --stride 1 --prompts 96 --json benchmarks/results/eval_cascade.json
     python -m cascade bench --json benchmarks/results/cascade.json --markdown benchmarks/results/cascade.md
     python -m benchmarks.bench_cache
     python -m benchmarks.report
@@ -7,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,8 +25,42 @@ comparable within a section.
 """
 
 
+def _cell(summary: dict, key: str) -> str:
+    s = summary.get(key)
+    if not s:
+        return "–"
+    return f"{s['mean']:.1%} [{s['low']:.1%}, {s['high']:.1%}]"
+
+
+def eval_section() -> str | None:
+    """The analyzer's scores of every eval_*.json, one row each."""
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("eval_*.json"))]
+    if not reports:
+        return None
+    lines = [
+        "## tiny-shapes quality on held-out prompts (`python -m cascade eval`)",
+        "",
+        "Means with 95% intervals (Wilson for accuracies). Bars of issue 3: colour ≥ 90%, shape ≥ 75%, "
+        "motion ≥ 80%, one object ≥ 95%.",
+        "",
+        "| model | mode | window | stride | blocks | steps | clips | colour | shape | motion | one object | flicker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        s = r["summary"]
+        flicker = s.get("flicker", {}).get("mean")
+        lines.append(f"| {r['model']} | {r['mode']}{' joint' if r.get('joint') else ''} | {r['window']} | "
+                     f"{r['stride']} | {r['blocks']} | {r['steps']} | {r['prompts']} | {_cell(s, 'colour')} | "
+                     f"{_cell(s, 'shape')} | {_cell(s, 'motion')} | {_cell(s, 'one_object')} | "
+                     f"{'–' if flicker is None else f'{flicker:.3f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parts = [HEADER]
+    evals = eval_section()
+    if evals:
+        parts.append(evals)
     for name in SECTIONS:
         path = RESULTS / name
         if path.exists():
