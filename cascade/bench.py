@@ -46,30 +46,34 @@ PROMPT = "a red circle moving right"
 
 def _forward_loop(model_name: str, threads: int, forwards: int, start_event, result_queue) -> None:
     torch.set_num_threads(threads)
-    model = load_model(model_name)
-    x, text, cache = _block_inputs(model, context_blocks=3)
-    t = torch.tensor([500.0])
-    with torch.no_grad():
-        for _ in range(3):
-            model.transformer(x, t, text, kv_cache=cache, start_frame=9)
-            cache.discard_staged()
-        start_event.wait()
-        started = time.perf_counter()
-        for _ in range(forwards):
-            model.transformer(x, t, text, kv_cache=cache, start_frame=9)
-            cache.discard_staged()
-    result_queue.put((time.perf_counter() - started) / forwards)
+    result_queue.put(seconds_per_forward(load_model(model_name), 1, forwards, before_timing=start_event.wait))
 
 
-def _block_inputs(model, context_blocks: int, rows: int = 1):
+def seconds_per_forward(model, rows: int, forwards: int, before_timing=lambda: None) -> float:
+    """Seconds of one forward of ``rows`` blocks that see three committed blocks of context,
+    after a warm-up; ``before_timing`` runs between the two (concurrent loops start together)."""
+    context_blocks = 3
     lay = model.layout
-    frames = (context_blocks + 1) * lay.frames_per_block
-    cache = model.transformer.new_kv_cache(frames, lay.height, lay.width)
+    cache = model.transformer.new_kv_cache((context_blocks + 1) * lay.frames_per_block, lay.height, lay.width)
     for f in range(context_blocks * lay.frames_per_block):
         cache.filled[f] = True
     x = torch.randn(rows, lay.channels, lay.frames_per_block, lay.height, lay.width)
     text, _ = model.encode_text(["a red circle"])
-    return x, text, cache
+    t = torch.full((rows,), 500.0)
+    starts = [context_blocks * lay.frames_per_block] * rows
+
+    def forward() -> None:
+        model.transformer(x, t, text, kv_cache=cache, start_frame=starts)
+        cache.discard_staged()
+
+    with torch.no_grad():
+        for _ in range(3):
+            forward()
+        before_timing()
+        started = time.perf_counter()
+        for _ in range(forwards):
+            forward()
+    return (time.perf_counter() - started) / forwards
 
 
 def concurrent_loops(model_name: str, processes: int, forwards: int) -> float:
@@ -97,20 +101,8 @@ def bound_concurrent(model_name: str, workers: int, forwards: int) -> dict:
 
 def bound_batched(model, batch_sizes: list[int], forwards: int, threads: int) -> dict:
     """Per-block cost of batched forwards of a tick's blocks, all cores."""
-    per_block = {}
-    with torch_threads(threads), torch.no_grad():
-        for rows in batch_sizes:
-            x, text, cache = _block_inputs(model, context_blocks=3, rows=rows)
-            t = torch.full((rows,), 500.0)
-            starts = [9] * rows
-            for _ in range(3):
-                model.transformer(x, t, text, kv_cache=cache, start_frame=starts)
-                cache.discard_staged()
-            started = time.perf_counter()
-            for _ in range(forwards):
-                model.transformer(x, t, text, kv_cache=cache, start_frame=starts)
-                cache.discard_staged()
-            per_block[rows] = (time.perf_counter() - started) / forwards / rows
+    with torch_threads(threads):
+        per_block = {rows: seconds_per_forward(model, rows, forwards) / rows for rows in batch_sizes}
     best = min(per_block.values())
     return {"per_block_ms": {str(k): v * 1e3 for k, v in per_block.items()}, "bound": per_block[1] / best}
 
