@@ -3,7 +3,7 @@
 import torch
 
 from cascade.model.presets import load_model
-from cascade.toy.train import NoiseLevels, TrainConfig, Trainer, block_causal_mask
+from cascade.toy.train import NoiseLevels, TrainConfig, Trainer, block_causal_mask, training_clips
 
 
 def small_config(tmp_path, steps: int) -> TrainConfig:
@@ -43,6 +43,36 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     second.run(log=lambda line: None)
     for a, b in zip(weights(straight), weights(second)):
         assert torch.equal(a, b)
+
+
+def test_loader_processes_give_the_same_run_as_inline_rendering(tmp_path):
+    inline = Trainer(small_config(tmp_path / "a", 3))
+    inline.run(log=lambda line: None)
+    config = small_config(tmp_path / "b", 3)
+    pooled = Trainer(TrainConfig(**{**config.__dict__, "loader_workers": 2}))
+    pooled.run(log=lambda line: None)
+    for a, b in zip(weights(inline), weights(pooled)):
+        assert torch.equal(a, b)
+
+
+def test_clips_are_a_pure_function_of_the_step():
+    config = TrainConfig(batch_size=3)
+    a, captions_a = training_clips(config, 7)
+    b, captions_b = training_clips(config, 7)
+    c, _ = training_clips(config, 8)
+    assert (a == b).all() and captions_a == captions_b
+    assert not (a == c).all()
+    assert a.shape == (3, config.clip_blocks * 3, 64, 64, 3)
+
+
+def test_time_budget_stops_saves_and_exports(tmp_path):
+    config = TrainConfig(**{**small_config(tmp_path, 1000).__dict__, "minutes": 1e-9})
+    trainer = Trainer(config)
+    lines = []
+    trainer.run(log=lines.append)
+    assert trainer.step == 1
+    assert trainer.checkpoint_path.exists() and (tmp_path / "export" / "model.json").exists()
+    assert lines[-1] == "stopped at step 1: the 1e-09-minute budget is spent"
 
 
 def test_export_loads_as_a_model_and_training_resumes_from_it(tmp_path):

@@ -18,6 +18,11 @@ Recipe (why, in short):
   later (plain backgrounds only at step 1,000), without that bias.
 - AdamW at a constant rate after warm-up and an EMA of the weights, so training can be stopped
   and resumed at any time; the EMA weights are what ships.
+- Every random draw of step n (the clips, their noise levels, their noise) comes from generators
+  seeded by (seed, n): a batch is a pure function of its step, so ``--loader-workers`` processes
+  can render batches ahead in any order and a resumed run continues exactly.
+- ``--device cuda`` trains under bf16 autocast; ``--minutes`` stops, saves and exports after a
+  wall-clock budget (how a run on a borrowed GPU ends on time).
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +71,9 @@ class TrainConfig:
     text_dim: int = 128
     text_length: int = 16
     threads: int = 2
+    device: str = "cpu"
+    loader_workers: int = 0
+    minutes: float = 0.0
     seed: int = 0
     log_every: int = 25
     save_every: int = 250
@@ -81,10 +93,16 @@ def block_causal_mask(num_blocks: int, tokens_per_block: int) -> torch.Tensor:
     return block_of[None, :] <= block_of[:, None]
 
 
-def to_latents(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
-    x = torch.from_numpy(frames).float().div(127.5).sub(1)
+def to_latents(frames: np.ndarray, device="cpu") -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1] on ``device``."""
+    x = torch.from_numpy(frames).to(device).float().div(127.5).sub(1)
     return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed for one random stream (clips, noise levels, noise) of one training step."""
+    state = np.random.SeedSequence([seed, step, stream]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 class NoiseLevels:
@@ -119,34 +137,47 @@ def object_weights(clips: np.ndarray, object_weight: float) -> torch.Tensor:
     return weights[:, None]
 
 
-def training_batch(config: TrainConfig, rng: np.random.Generator):
-    """(x0 [B, 3, T, H, W] in [-1, 1], loss weights [B, 1, T, H, W], captions)."""
+def training_clips(config: TrainConfig, step: int) -> tuple[np.ndarray, list[str]]:
+    """The clips of training step ``step``: uint8 crops [B, T, H, W, 3] and their captions.
+
+    A pure function of (config, step), so loader processes can render it ahead of time."""
+    rng = np.random.default_rng(step_seed(config.seed, step, 0))
     frames, captions = data.batch(rng, config.batch_size, config.render_blocks * FRAMES_PER_BLOCK, SIZE)
     first = rng.integers(0, config.render_blocks - config.clip_blocks + 1, size=config.batch_size) * FRAMES_PER_BLOCK
     clip_frames = config.clip_blocks * FRAMES_PER_BLOCK
-    crops = np.stack([clip[f : f + clip_frames] for clip, f in zip(frames, first)])
-    return to_latents(crops), object_weights(crops, config.object_weight), captions
+    return np.stack([clip[f : f + clip_frames] for clip, f in zip(frames, first)]), captions
 
 
-def loss_on_batch(transformer, text_encoder, levels, config, x0, weights, captions, generator, mask):
+def loss_on_batch(transformer, text_encoder, levels, config, clips, captions, step, mask):
+    device = mask.device
+    x0 = to_latents(clips, device)
     batch, blocks = x0.shape[0], config.clip_blocks
     tokens = text_encoder.tokenizer.encode(captions)
-    context = text_encoder.encoder(tokens.ids, tokens.mask)
-    sigmas = levels.draw(generator, batch, blocks)
+    context = text_encoder.encoder(tokens.ids.to(device), tokens.mask.to(device))
+    sigmas = levels.draw(torch.Generator().manual_seed(step_seed(config.seed, step, 1)), batch, blocks).to(device)
     sigma_frames = sigmas.repeat_interleave(FRAMES_PER_BLOCK, dim=1)
-    noise = torch.randn(x0.shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(step_seed(config.seed, step, 2)),
+                        device=device)
     x_t = add_noise(x0, noise, sigma_frames[:, None, :, None, None])
-    prediction = transformer(x_t, sigma_frames * NUM_TRAIN_TIMESTEPS, context, attention_mask=mask).sample
-    weights = weights * (sigma_frames > 0)[:, None, :, None, None].float()
-    per_value = (prediction - x0).pow(2) * weights
-    return per_value.sum() / (weights.sum() * x0.shape[1]).clamp(min=1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        prediction = transformer(x_t, sigma_frames * NUM_TRAIN_TIMESTEPS, context, attention_mask=mask).sample
+    weights = (sigma_frames > 0)[:, None, :, None, None].float()
+    if config.object_weight != 1.0:
+        weights = weights * object_weights(clips, config.object_weight).to(device)
+    per_value = (prediction.float() - x0).pow(2) * weights
+    return per_value.sum() / weights.expand_as(x0).sum().clamp(min=1)
 
 
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         torch.set_num_threads(config.threads)
+        self.device = torch.device(config.device)
+        torch.backends.cuda.matmul.allow_tf32 = True
         self.transformer, self.text = build_models(config)
+        self.transformer.to(self.device)
+        self.text.encoder.to(self.device)
         self.params = list(self.transformer.parameters()) + list(self.text.encoder.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
         self.ema_transformer = copy.deepcopy(self.transformer).eval()
@@ -154,11 +185,9 @@ class Trainer:
         self.levels = NoiseLevels(config)
         self.step = 0
         self.warmup_from = 0
-        self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
         self.seconds = 0.0
         tokens_per_block = FRAMES_PER_BLOCK * (SIZE // TINY["patch_size"][1]) ** 2
-        self.mask = block_causal_mask(config.clip_blocks, tokens_per_block)
+        self.mask = block_causal_mask(config.clip_blocks, tokens_per_block).to(self.device)
         self.out = Path(config.out)
 
     @property
@@ -188,11 +217,9 @@ class Trainer:
             model.load_state_dict(encoder.state_dict())
         self.step, self.seconds = info["training"]["steps"], float(info["training"]["seconds"])
         self.warmup_from = self.step
-        self.rng = np.random.default_rng([self.config.seed, self.step])
-        self.generator.manual_seed(self.config.seed * 1_000_003 + self.step)
 
     def _resume_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, weights_only=False)
+        state = torch.load(self.checkpoint_path, weights_only=False, map_location=self.device)
         self.transformer.load_state_dict(state["transformer"])
         self.text.encoder.load_state_dict(state["text_encoder"])
         self.ema_transformer.load_state_dict(state["ema_transformer"])
@@ -200,8 +227,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds = state["step"], state["seconds"]
         self.warmup_from = state.get("warmup_from", 0)
-        self.rng.bit_generator.state = state["numpy_rng"]
-        self.generator.set_state(state["torch_rng"])
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -209,9 +234,7 @@ class Trainer:
             "transformer": self.transformer.state_dict(), "text_encoder": self.text.encoder.state_dict(),
             "ema_transformer": self.ema_transformer.state_dict(), "ema_text_encoder": self.ema_encoder.state_dict(),
             "optimizer": self.optimizer.state_dict(), "step": self.step, "seconds": self.seconds,
-            "numpy_rng": self.rng.bit_generator.state, "torch_rng": self.generator.get_state(),
-            "warmup_from": self.warmup_from,
-            "config": asdict(self.config),
+            "warmup_from": self.warmup_from, "config": asdict(self.config),
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -229,7 +252,7 @@ class Trainer:
             "fps": 8.0, "local_window": c.clip_blocks * FRAMES_PER_BLOCK, "sink_frames": 0,
             "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
                          "clip_blocks": c.clip_blocks, "lr": c.lr, "ema": c.ema, "clean_share": c.clean_share,
-                         "object_weight": c.object_weight},
+                         "object_weight": c.object_weight, "device": _device_name(self.device)},
         }
         save_folder(folder, self.ema_transformer, TextEncoder(self.text.tokenizer, self.ema_encoder), info)
         return folder
@@ -237,12 +260,10 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.config.lr * min(1.0, (step - self.warmup_from + 1) / self.config.warmup)
 
-    def train_step(self) -> float:
+    def train_step(self, clips: np.ndarray, captions: list[str]) -> float:
         self.transformer.train()
         self.text.encoder.train()
-        x0, weights, captions = training_batch(self.config, self.rng)
-        loss = loss_on_batch(self.transformer, self.text, self.levels, self.config, x0, weights, captions,
-                             self.generator, self.mask)
+        loss = loss_on_batch(self.transformer, self.text, self.levels, self.config, clips, captions, self.step, self.mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -257,24 +278,53 @@ class Trainer:
     def _update_ema(self) -> None:
         decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
         for ema, live in ((self.ema_transformer, self.transformer), (self.ema_encoder, self.text.encoder)):
-            for e, p in zip(ema.parameters(), live.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1 - decay)
+
+    def batches(self):
+        """(clips, captions) for every remaining step, rendered ahead by loader processes if any."""
+        steps = range(self.step, self.config.steps)
+        if self.config.loader_workers <= 0:
+            yield from (training_clips(self.config, step) for step in steps)
+            return
+        context = multiprocessing.get_context("spawn")  # no fork of a process that holds a GPU
+        with ProcessPoolExecutor(self.config.loader_workers, mp_context=context) as pool:
+            ahead = 2 * self.config.loader_workers
+            pending = deque(pool.submit(training_clips, self.config, step) for step in steps[:ahead])
+            for step in steps[ahead:]:
+                pending.append(pool.submit(training_clips, self.config, step))
+                yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def run(self, log=print) -> None:
         c = self.config
         recent: list[float] = []
-        while self.step < c.steps:
-            started = time.perf_counter()
-            recent.append(self.train_step())
-            self.seconds += time.perf_counter() - started
-            if self.step % c.log_every == 0:
+        deadline = time.monotonic() + c.minutes * 60 if c.minutes > 0 else float("inf")
+        first_step, session_seconds = self.step, 0.0
+        last = time.perf_counter()
+        for clips, captions in self.batches():  # wall time counts waits for data too
+            recent.append(self.train_step(clips, captions))
+            now = time.perf_counter()
+            self.seconds += now - last
+            session_seconds += now - last
+            last = now
+            out_of_time = time.monotonic() >= deadline
+            if self.step % c.log_every == 0 or out_of_time:
                 log(json.dumps({"step": self.step, "loss": round(float(np.mean(recent)), 5),
-                                "s_per_step": round(self.seconds / self.step, 3), "hours": round(self.seconds / 3600, 3)}))
+                                "s_per_step": round(session_seconds / (self.step - first_step), 3),
+                                "hours": round(self.seconds / 3600, 3)}))
                 recent.clear()
-            if self.step % c.save_every == 0 or self.step == c.steps:
+            if self.step % c.save_every == 0 or self.step == c.steps or out_of_time:
                 self.save()
-            if self.step % c.export_every == 0 or self.step == c.steps:
+            if self.step % c.export_every == 0 or self.step == c.steps or out_of_time:
                 log(f"exported step {self.step} to {self.export()}")
+            if out_of_time:
+                log(f"stopped at step {self.step}: the {c.minutes:g}-minute budget is spent")
+                return
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
