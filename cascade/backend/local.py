@@ -50,6 +50,7 @@ class LocalExecutor:
         current = {}
         timeline: list[TimelineEntry] = []
         calls = 0
+        self._synchronize()
         t0 = time.perf_counter()
         for tick_index, tick in enumerate(schedule.ticks):
             for item in tick:
@@ -59,6 +60,7 @@ class LocalExecutor:
             for group in groups:
                 start = time.perf_counter() - t0
                 outputs = job.run(group, [current[i.block] for i in group], cache)
+                self._synchronize()
                 end = time.perf_counter() - t0
                 calls += 1
                 for item, out in zip(group, outputs):
@@ -68,3 +70,10 @@ class LocalExecutor:
             report_progress(progress, tick_index, schedule)
         latents = [current[b] for b in range(schedule.num_blocks)]
         return ExecutionResult(latents=latents, timeline=timeline, model_calls=calls)
+
+    def _synchronize(self) -> None:
+        # CUDA kernels run asynchronously: job.run returns once its work is queued. Waiting for
+        # the GPU here makes the timeline record when each forward really finished (and keeps
+        # earlier queued work out of the first one); on the CPU there is nothing to wait for.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
