@@ -27,10 +27,10 @@ of a forward takes its own decision. The precise rule, for a video block with T 
 **What is reused: outputs, not residuals.** A reused row returns the hidden states that left the
 last transformer block at its last computed step; the model's head still applies the new step's
 timestep modulation. That is what the paper caches (block features), and it keeps nothing else:
-a residual (output − input) would also need each video block's input kept. The samplers here
-re-noise x0 with *fresh* noise between steps, so the inputs of two steps differ by an independent
-noise draw, which a residual would carry into the prediction, while the cached output has
-already denoised its own input. Measured on the bundled model the two came out within about
+a residual (output − input) would also need each video block's input kept. The distilled
+models' samplers re-noise x0 with *fresh* noise between steps, so the inputs of two steps differ
+by an independent noise draw, which a residual would carry into the prediction, while the cached
+output has already denoised its own input. Measured on the bundled model the two came out within about
 1 dB PSNR of each other; only on random weights, whose blocks barely move the residual stream,
 do residuals win clearly.
 

@@ -114,8 +114,10 @@ class DenoiseJob:
         x0 = self.sampler.predict_x0(x, output, item.step)
         if item.step == self.sampler.num_steps - 1:
             return x0
-        noise = item_noise(self.seed, item.block, item.step + 1, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
-        return self.sampler.next_input(x0, item.step, noise)
+        def fresh_noise() -> torch.Tensor:
+            return item_noise(self.seed, item.block, item.step + 1, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+
+        return self.sampler.next_input(x, x0, item.step, fresh_noise)
 
 
 @dataclass

@@ -1,19 +1,23 @@
 """Few-step flow-matching sampling as the block-causal models use it (Self-Forcing, CausVid).
 
-A step predicts the clean block x0; between steps x0 is re-noised with fresh noise to the next
-noise level, ``x_t' = (1 - σ_t') x0 + σ_t' ε``. Noise is drawn from a generator seeded by
-``(seed, block, step)`` so that every executor, and the serial and cascaded runs, use the same
-noise for the same item wherever it runs.
+A step predicts the clean block x0; between steps x0 is re-noised to the next noise level,
+``x_t' = (1 - σ_t') x0 + σ_t' ε``. The distilled few-step models draw a fresh ε each step; a
+model trained by plain regression (the bundled tiny one) predicts a posterior mean, which fresh
+noise would wash out, so it keeps the ε its input carries (the deterministic DDIM/Euler step).
+Fresh noise is drawn from a generator seeded by ``(seed, block, step)`` so that every executor,
+and the serial and cascaded runs, use the same noise for the same item wherever it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+RENOISE = ("fresh", "ode")
 
 
 def warp_timestep(t: float, shift: float) -> float:
@@ -48,18 +52,23 @@ class FlowMatchSampler:
     without it they are used as given (CausVid lists already shifted values).
     ``prediction`` says what the transformer outputs: ``"flow"`` (Wan, v = ε − x0) or
     ``"sample"`` (x0 directly; the bundled tiny model, whose tokens are wider than the model).
+    ``renoise`` says where the next step's ε comes from: ``"fresh"`` (new noise, as Self-Forcing
+    and CausVid sample) or ``"ode"`` (the ε implied by x_t and x0, for regression-trained models).
     """
 
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
     warp: bool = True
     prediction: str = "flow"
+    renoise: str = "fresh"
     model_timesteps: tuple[float, ...] = field(init=False, repr=False)
     sigmas: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self):
         if self.prediction not in ("flow", "sample"):
             raise ValueError(f"prediction must be 'flow' or 'sample', got {self.prediction!r}")
+        if self.renoise not in RENOISE:
+            raise ValueError(f"renoise must be one of {', '.join(RENOISE)}, got {self.renoise!r}")
         if not self.timesteps:
             raise ValueError("a sampler needs at least one timestep")
         steps = tuple(warp_timestep(t, self.shift) if self.warp else float(t) for t in self.timesteps)
@@ -75,13 +84,22 @@ class FlowMatchSampler:
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         raw = tuple(NUM_TRAIN_TIMESTEPS * (1 - i / num_steps) for i in range(num_steps))
-        return FlowMatchSampler(raw, self.shift, True, self.prediction)
+        return FlowMatchSampler(raw, self.shift, True, self.prediction, self.renoise)
 
     def predict_x0(self, x_t: torch.Tensor, model_output: torch.Tensor, step: int) -> torch.Tensor:
         if self.prediction == "sample":
             return model_output
         return x0_from_flow(x_t, model_output, self.sigmas[step])
 
-    def next_input(self, x0: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
-        """The input of step ``step + 1``: x0 re-noised to that step's level."""
+    def implied_noise(self, x_t: torch.Tensor, x0: torch.Tensor, step: int) -> torch.Tensor:
+        """The ε with ``x_t = (1 - σ) x0 + σ ε`` at step ``step``."""
+        sigma = self.sigmas[step]
+        return (x_t - (1 - sigma) * x0) / sigma
+
+    def next_input(self, x_t: torch.Tensor, x0: torch.Tensor, step: int,
+                   fresh_noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The input of step ``step + 1``: x0 re-noised to that step's level.
+
+        ``fresh_noise`` is only called when the sampler draws new noise."""
+        noise = fresh_noise() if self.renoise == "fresh" else self.implied_noise(x_t, x0, step)
         return add_noise(x0, noise, self.sigmas[step + 1])

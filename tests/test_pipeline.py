@@ -1,6 +1,7 @@
 """BlockCausalPipeline against an oracle that spells out the context rule with full forwards."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def full_forward_oracle(model, schedule):
             if item.step == sampler.num_steps - 1:
                 current[b] = x0
             else:
-                current[b] = sampler.next_input(x0, item.step, item_noise(SEED, b, item.step + 1, tuple(x0.shape)))
+                current[b] = sampler.next_input(x, x0, item.step, lambda: item_noise(SEED, b, item.step + 1, tuple(x0.shape)))
         last_forward.update(finished_tick)
     return torch.cat([current[b] for b in range(schedule.num_blocks)], dim=2)
 
@@ -104,6 +105,16 @@ def test_serial_pipeline_equals_full_forward_oracle(model, name, batched):
     output = BlockCausalPipeline(model)(PROMPT, schedule, LocalExecutor(batched=batched), seed=SEED)
     assert (output.latents - full_forward_oracle(model, schedule)).abs().max().item() <= 1e-5
     assert output.frames.shape == (4 * LAYOUT.frames_per_block, 8, 8, 3) and output.frames.dtype == np.uint8
+
+
+def test_ode_sampler_pipeline_equals_full_forward_oracle(model):
+    """The pipeline hands the sampler each item's own input, so the ε an ode step keeps is that item's."""
+    ode = dataclasses.replace(model, sampler=dataclasses.replace(model.sampler, renoise="ode"))
+    schedule = make_schedule(4, 3, **SERIAL["serial+recache"])
+    output = BlockCausalPipeline(ode)(PROMPT, schedule, LocalExecutor(), seed=SEED)
+    assert (output.latents - full_forward_oracle(ode, schedule)).abs().max().item() <= 1e-5
+    fresh = BlockCausalPipeline(model)(PROMPT, schedule, LocalExecutor(), seed=SEED)
+    assert (output.latents - fresh.latents).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("name", list(SERIAL) + list(CASCADES))

@@ -37,9 +37,28 @@ def test_step_math_for_both_predictions():
     assert torch.allclose(flow.predict_x0(x_t, out, 1), x_t - 0.5 * out)
     sample = FlowMatchSampler((1000, 500), shift=1.0, prediction="sample")
     assert torch.equal(sample.predict_x0(x_t, out, 0), out)
-    assert torch.allclose(sample.next_input(out, 0, noise), 0.5 * out + 0.5 * noise)
+    assert torch.allclose(sample.next_input(x_t, out, 0, lambda: noise), 0.5 * out + 0.5 * noise)
     with pytest.raises(ValueError, match="prediction"):
         FlowMatchSampler(prediction="epsilon")
+
+
+def test_ode_renoise_keeps_the_noise_the_input_carries():
+    """The deterministic step lands where x0 and the input's own ε put the next level, and never
+    asks for fresh noise; a fresh-noise sampler uses exactly the noise it is given."""
+    x0, eps, fresh = torch.randn(6), torch.randn(6), torch.randn(6)
+    ode = FlowMatchSampler((1000, 750, 500), shift=3.0, prediction="sample", renoise="ode")
+
+    def no_fresh_noise():
+        raise AssertionError("an ode sampler drew fresh noise")
+
+    x_t = add_noise(x0, eps, ode.sigmas[1])
+    assert torch.allclose(ode.implied_noise(x_t, x0, 1), eps, atol=1e-5)
+    assert torch.allclose(ode.next_input(x_t, x0, 1, no_fresh_noise), add_noise(x0, eps, ode.sigmas[2]), atol=1e-5)
+    same = FlowMatchSampler((1000, 750, 500), shift=3.0, prediction="sample")
+    assert torch.equal(same.next_input(x_t, x0, 1, lambda: fresh), add_noise(x0, fresh, same.sigmas[2]))
+    assert ode.with_steps(6).renoise == "ode"
+    with pytest.raises(ValueError, match="renoise"):
+        FlowMatchSampler(renoise="sde")
 
 
 def test_with_steps_spaces_evenly_then_shifts():

@@ -164,7 +164,8 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
     transformer = _on(transformer, device, dtype)
     text = TextEncoder.from_folder(folder)
     text.encoder.to(device=device, dtype=dtype)
-    sampler = FlowMatchSampler(tuple(info["timesteps"]), info["shift"], info["warp"], info["prediction"])
+    sampler = FlowMatchSampler(tuple(info["timesteps"]), info["shift"], info["warp"], info["prediction"],
+                               info.get("renoise", "fresh"))
     layout = LatentLayout(**info["layout"])
     return CascadeModel(
         name=info["name"], description=info["description"], transformer=transformer, text_encoder=text,

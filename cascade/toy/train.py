@@ -16,6 +16,10 @@ Recipe (why, in short):
   the position is uncertain, and 300 steps later frames were flooded with the prompt's colour,
   the flood growing block by block. Unweighted, the model learns backgrounds first and objects
   later (plain backgrounds only at step 1,000), without that bias.
+- Sampled with ``renoise="ode"`` (written into the export): plain MSE makes x0 a posterior mean,
+  blurred wherever the model is unsure, and re-noising it with fresh noise (what the distilled
+  Self-Forcing models do) erased objects: measured at step 5,235 on 48 held-out pairs, 4 steps,
+  one object in 82% of frames with fresh noise against 94% keeping the ε the input carries.
 - AdamW at a constant rate after warm-up and an EMA of the weights, so training can be stopped
   and resumed at any time; the EMA weights are what ships.
 - Every random draw of step n (the clips, their noise levels, their noise) comes from generators
@@ -248,6 +252,7 @@ class Trainer:
             "name": "tiny-shapes",
             "description": "bundled tiny block-causal Wan (pixel space 64x64) trained on procedural shapes",
             "timesteps": list(c.inference_timesteps), "shift": c.shift, "warp": True, "prediction": "sample",
+            "renoise": "ode",
             "layout": {"channels": 3, "frames_per_block": FRAMES_PER_BLOCK, "height": SIZE, "width": SIZE},
             "fps": 8.0, "local_window": c.clip_blocks * FRAMES_PER_BLOCK, "sink_frames": 0,
             "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
