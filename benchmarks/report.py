@@ -4,6 +4,7 @@
     python -m cascade eval --mode cascade --window 4 --stride 1 --prompts 96 --json benchmarks/results/eval_cascade.json
     python -m cascade bench --json benchmarks/results/cascade.json --markdown benchmarks/results/cascade.md
     python -m benchmarks.bench_cache
+    python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine
     python -m benchmarks.report
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("cascade.md", "bench_cache.md")
+SECTIONS = ("cascade.md", "bench_gpu.md", "bench_cache.md")
 
 HEADER = """# Benchmarks
 

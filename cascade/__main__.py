@@ -16,7 +16,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", type=int, default=8, help="video length in blocks of 3 latent frames")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the model's)")
     parser.add_argument("--window", type=int, default=4, help="cascade: blocks in flight at once")
-    parser.add_argument("--stride", type=int, default=1, help="cascade: steps a block runs before the next starts")
+    parser.add_argument("--stride", type=int, default=2,
+                        help="cascade: steps a block runs before the next starts (2 keeps serial quality; "
+                             "1 is fastest, see BENCHMARKS.md)")
     parser.add_argument("--no-recache", action="store_true", help="skip the clean K/V rewrite after each block")
     parser.add_argument("--joint", action="store_true",
                         help="cascade: denoise the blocks in flight in one forward, attending to each other")

@@ -35,7 +35,7 @@ class GenerateRequest:
     blocks: int = 8
     steps: int | None = None
     window: int = 4
-    stride: int = 1
+    stride: int = 2
     recache: bool = True
     joint: bool = False
     executor: str = "local"
@@ -179,15 +179,14 @@ def cache_figures(stats: dict, layers: int, items: int) -> dict:
 
 
 def communication_figures(entries: list) -> dict:
-    """Seconds the busiest worker spent moving K/V (after all workers arrived) and waiting for
-    slower workers, summed over the run's ticks; empty for executors that move nothing."""
+    """Seconds the most-blocked worker's items spent waiting for K/V on their way, summed over
+    the run's ticks, and the bytes sent; empty for executors that move nothing."""
     if not entries:
         return {}
     workers = {e.worker for e in entries}
-    transfer = max(sum(e.transfer_s for e in entries if e.worker == w) for w in workers)
-    wait = max(sum(e.wait_s for e in entries if e.worker == w) for w in workers)
+    blocked = max(sum(e.blocked_s for e in entries if e.worker == w) for w in workers)
     sent = sum(e.sent_bytes for e in entries)
-    return {"communication_s": transfer, "communication_wait_s": wait, "communication_bytes": sent}
+    return {"communication_s": blocked, "communication_bytes": sent}
 
 
 @dataclass

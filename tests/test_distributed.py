@@ -83,12 +83,13 @@ def test_pool_equals_local_executor(model, pool, name):
     assert ran == sorted((i.block, str(i.step)) for tick in schedule.ticks for i in tick)
     assert all(e.worker == owner(e.block, WORKERS) for e in out.timeline)
     assert all(0 <= e.start <= e.end for e in out.timeline)
-    # One clock for all workers: a tick starts only after every item of the previous one ended.
+    # One clock for all workers, and no tick-wide barrier: an item starts only after every item
+    # of a lower block in the previous tick ended (the K/V it reads), whichever worker ran it.
     tick_of = {(i.block, i.step): t for t, tick in enumerate(schedule.ticks) for i in tick}
-    for t in range(1, schedule.num_ticks):
-        previous = [e.end for e in out.timeline if tick_of[(e.block, e.step)] == t - 1]
-        current = [e.start for e in out.timeline if tick_of[(e.block, e.step)] == t]
-        assert max(previous) <= min(current)
+    for e in out.timeline:
+        t = tick_of[(e.block, e.step)]
+        context = [p.end for p in out.timeline if tick_of[(p.block, p.step)] == t - 1 and p.block < e.block]
+        assert all(end <= e.start for end in context)
 
 
 def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
@@ -104,7 +105,7 @@ def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
         mine = sum(owner(b, WORKERS) == c.worker for b in blocks)
         assert c.sent_bytes == mine * kv_bytes_per_block
         assert c.received_bytes == (len(blocks) - mine) * kv_bytes_per_block
-        assert c.start <= c.ready <= c.end and c.wait_s >= 0 and c.transfer_s >= 0
+        assert c.posted >= 0 and c.blocked_s >= 0
     assert all(x.device.type == "cpu" for x in result.latents)
 
 

@@ -2,11 +2,17 @@
 
 Blocks are owned by workers, block ``b`` by worker ``b mod W``, so a block's latent never moves.
 Every worker walks the whole schedule; in each tick it runs the items of its own blocks, one at
-a time, then the owners broadcast the K/V their items wrote, so that at the end of the tick every
-worker's KV cache is identical. That is the context rule of DESIGN.md §2 (an item at tick τ sees
-the K/V earlier blocks had at the end of τ−1), so the pool produces the same video as the local
-executor. The backend never does math: a worker runs ``DenoiseJob.run`` on its own model replica
-and only moves tensors.
+a time, then the owners broadcast the K/V their items wrote. That serves the context rule of
+DESIGN.md §2 (an item at tick τ sees the K/V earlier blocks had at the end of τ−1), so the pool
+produces the same video as the local executor. The backend never does math: a worker runs
+``DenoiseJob.run`` on its own model replica and only moves tensors.
+
+No tick-wide barrier: the broadcasts are posted without waiting, lowest block first, and a worker
+waits only before an item that attends to a block whose K/V are still on their way. Attention is
+block-causal, so the owner of the lowest block in flight never waits for anyone and the others
+wait for one transfer, not for every worker to arrive and for every owner to send. A worker's
+cache then holds exactly the K/V its next item may read: those of lower blocks as of the end of
+the previous tick (later broadcasts are posted only after its own items of this tick).
 
 Why K/V and not latents: a block's latent is far smaller than its K/V for all layers, but a
 worker that receives a latent must run the same forward again to get the K/V it needs, so every
@@ -76,31 +82,33 @@ def owner(block: int, workers: int) -> int:
 
 @dataclass(frozen=True)
 class CommEntry:
-    """One worker's K/V exchange after one tick, on the run's clock (seconds since it started).
+    """One worker's K/V traffic of one tick, on the run's clock (seconds since it started).
 
-    ``start``: its own items were done; ``ready``: every worker had arrived (the gap is time
-    spent waiting for slower workers, not communication); ``end``: it held every K/V of the
-    tick. ``sent_bytes`` is the payload this worker broadcast (each other worker receives it).
+    ``posted``: its items of the tick were done and it posted the tick's broadcasts;
+    ``blocked_s``: how long its items of this tick waited for K/V still on their way (transfer
+    time on the critical path, plus any wait for a slower owner). ``sent_bytes`` is the payload
+    this worker broadcast (each other worker receives it).
     """
 
     tick: int
     worker: int
-    start: float
-    ready: float
-    end: float
+    posted: float
+    blocked_s: float
     sent_bytes: int
     received_bytes: int
 
-    @property
-    def wait_s(self) -> float:
-        return self.ready - self.start
-
-    @property
-    def transfer_s(self) -> float:
-        return self.end - self.ready
-
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class _Incoming:
+    """A posted broadcast of one owner's K/V for ``blocks``; its payload stays referenced until done."""
+
+    work: object
+    src: int
+    blocks: list[int]
+    payload: torch.Tensor
 
 
 @dataclass
@@ -181,21 +189,29 @@ class RankExecutor:
         current: dict[int, torch.Tensor] = {}
         timeline: list[TimelineEntry] = []
         communication: list[CommEntry] = []
+        incoming: list[_Incoming] = []
         calls = 0
         for tick_index, tick in enumerate(schedule.ticks):
+            blocked = 0.0
             for item in tick:
                 if owner(item.block, self.workers) != self.rank:
                     continue
                 if item.block not in current:
                     current[item.block] = job.initial_latent(item.block, self.device)
+                waiting = clock()
+                self._receive(incoming, cache, frames_per_block, below=item.block)
                 start = clock()
+                blocked += start - waiting
                 (current[item.block],) = job.run((item,), [current[item.block]], cache)
                 self._sync()
                 timeline.append(TimelineEntry(item.block, item.step, self.rank, start, clock()))
                 calls += 1
             cache.commit()
-            communication.append(self._exchange_kv(cache, [i.block for i in tick], frames_per_block, tick_index, clock))
+            posted = clock()
+            sent, received = self._post_kv(incoming, cache, [i.block for i in tick], frames_per_block)
+            communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
             report_progress(progress, tick_index, schedule)
+        self._receive(incoming, cache, frames_per_block, below=None)
 
         mine = {block: latent.cpu() for block, latent in current.items()}
         gathered = [None] * self.workers
@@ -208,31 +224,38 @@ class RankExecutor:
             communication=sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker)),
         )
 
-    def _exchange_kv(self, cache, blocks: list[int], frames_per_block: int, tick: int, clock) -> CommEntry:
-        """Make every rank's cache hold the K/V the tick's items wrote: one broadcast per owner,
-        of that owner's blocks stacked as [blocks, 2 (K, V), layers, batch, tokens, heads, dim]."""
-        start = clock()
-        dist.barrier(group=self._cpu_group)
-        ready = clock()
+    def _post_kv(self, incoming: list[_Incoming], cache, blocks: list[int], frames_per_block: int) -> tuple[int, int]:
+        """Post one broadcast per owner of the tick's blocks, lowest block first, each of that
+        owner's blocks stacked as [blocks, 2 (K, V), layers, batch, tokens, heads, dim]; returns
+        the bytes this worker sends and receives."""
+        owners = sorted({owner(b, self.workers) for b in blocks}, key=lambda w: min(b for b in blocks if owner(b, self.workers) == w))
         sent = received = 0
-        for src in range(self.workers):
+        for src in owners:
             owned = [b for b in blocks if owner(b, self.workers) == src]
-            if not owned:
-                continue
             if src == self.rank:
-                kv = [torch.stack(cache.read_frames(b * frames_per_block, frames_per_block)) for b in owned]
-                payload = torch.stack(kv)
+                payload = torch.stack([torch.stack(cache.read_frames(b * frames_per_block, frames_per_block)) for b in owned])
                 sent += payload.nbytes
             else:
                 k, _ = cache.read_frames(0, frames_per_block)
                 payload = torch.empty((len(owned), 2, *k.shape), dtype=k.dtype, device=cache.device)
-            dist.broadcast(payload, src=src)
-            if src != self.rank:
                 received += payload.nbytes
-                for b, kv in zip(owned, payload):
+            work = dist.broadcast(payload, src=src, async_op=True)
+            incoming.append(_Incoming(work, src, owned, payload))
+        return sent, received
+
+    def _receive(self, incoming: list[_Incoming], cache, frames_per_block: int, below: int | None) -> None:
+        """Finish the posted broadcasts, in posting order, until none left carries a block lower
+        than ``below`` (all of them for ``None``), writing what others sent into the cache."""
+        def needed(entry: _Incoming) -> bool:
+            return below is None or (entry.src != self.rank and min(entry.blocks) < below)
+
+        while any(needed(entry) for entry in incoming):
+            entry = incoming.pop(0)
+            entry.work.wait()
+            if entry.src != self.rank:
+                for b, kv in zip(entry.blocks, entry.payload):
                     cache.write_frames(b * frames_per_block, kv[0], kv[1])
         self._sync()
-        return CommEntry(tick, self.rank, start, ready, clock(), sent, received)
 
     def _check_same_job(self, job) -> None:
         """Every rank must hold the same weights and prompt embedding, or the blocks they compute
