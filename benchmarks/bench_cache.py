@@ -47,6 +47,7 @@ from cascade.caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, remov
 from cascade.model.presets import default_model_name, load_model
 from cascade.pipeline import BlockCausalPipeline
 from cascade.schedule import make_schedule
+from cascade.service import GenerateRequest
 from cascade.toy.analyzer import ACCURACY_KEYS, analyze_clip, score_clip
 from cascade.toy.data import eval_set, parse_prompt
 
@@ -126,10 +127,10 @@ def taylorseer() -> Method:
 
 
 MODES = {
-    # mode: (window, stride, batched executor)
+    # mode: (window, stride, batched executor); cascades as the CLI and the app run them by default
     "serial": (1, None, False),
-    "cascade": (4, 1, False),
-    "cascade-batched": (4, 1, True),
+    "cascade": (GenerateRequest.window, GenerateRequest.stride, False),
+    "cascade-batched": (GenerateRequest.window, GenerateRequest.stride, True),
 }
 
 

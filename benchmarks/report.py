@@ -33,6 +33,11 @@ def _cell(summary: dict, key: str) -> str:
     return f"{s['mean']:.1%} [{s['low']:.1%}, {s['high']:.1%}]"
 
 
+def _cache(report: dict) -> str:
+    threshold = report.get("bwcache")
+    return "–" if threshold is None else f"BWCache δ={threshold:g}"
+
+
 def eval_section() -> str | None:
     """The analyzer's scores of every eval_*.json, one row each."""
     reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("eval_*.json"))]
@@ -44,14 +49,14 @@ def eval_section() -> str | None:
         "Means with 95% intervals (Wilson for accuracies). Bars of issue 3: colour ≥ 90%, shape ≥ 75%, "
         "motion ≥ 80%, one object ≥ 95%.",
         "",
-        "| model | mode | window | stride | blocks | steps | clips | colour | shape | motion | one object | flicker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | window | stride | blocks | steps | cache | clips | colour | shape | motion | one object | flicker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         s = r["summary"]
         flicker = s.get("flicker", {}).get("mean")
         lines.append(f"| {r['model']} | {r['mode']}{' joint' if r.get('joint') else ''} | {r['window']} | "
-                     f"{r['stride']} | {r['blocks']} | {r['steps']} | {r['prompts']} | {_cell(s, 'colour')} | "
+                     f"{r['stride']} | {r['blocks']} | {r['steps']} | {_cache(r)} | {r['prompts']} | {_cell(s, 'colour')} | "
                      f"{_cell(s, 'shape')} | {_cell(s, 'motion')} | {_cell(s, 'one_object')} | "
                      f"{'–' if flicker is None else f'{flicker:.3f}'} |")
     return "\n".join(lines) + "\n"

@@ -109,12 +109,23 @@ def bound_batched(model, batch_sizes: list[int], forwards: int, threads: int) ->
 
 # ----------------------------------------------------------------------------- timed runs
 
-def timed(request: GenerateRequest, executor, repeats: int) -> dict:
-    """Median latency over ``repeats`` runs after one warm-up; stats of the median run."""
-    model = get_model(request.model)
-    run_on(request, model, executor)
-    runs = [run_on(request, model, executor).stats for _ in range(repeats)]
-    runs.sort(key=lambda s: s["latency_s"])
+def timed_rounds(jobs: list[tuple[GenerateRequest, object]], repeats: int) -> list[dict]:
+    """Median latency of every (request, executor) over ``repeats`` runs after one warm-up each.
+
+    The runs go in rounds that visit every job in turn, so a machine whose speed drifts while the
+    bench runs (this shared VM's 2-thread forwards drifted by a third within minutes) moves every
+    row alike instead of whichever rows happened to run during the slow minutes."""
+    for request, executor in jobs:
+        run_on(request, get_model(request.model), executor)
+    runs: list[list[dict]] = [[] for _ in jobs]
+    for _ in range(repeats):
+        for index, (request, executor) in enumerate(jobs):
+            runs[index].append(run_on(request, get_model(request.model), executor).stats)
+    return [_median_run(r) for r in runs]
+
+
+def _median_run(runs: list[dict]) -> dict:
+    runs = sorted(runs, key=lambda s: s["latency_s"])
     stats = runs[len(runs) // 2]
     comm = stats.get("communication_s")
     return {
@@ -220,12 +231,12 @@ def run(args: argparse.Namespace) -> dict:
     }
     report["end_to_end_serial"] = end_to_end(replace(base, mode="serial"), args.repeats)
     rows = variants(args.quick)
-    timings = []
-    for row in rows:
-        request = replace(base, **row["changes"], executor=row["executor"], workers=2, threads=row["threads"])
-        executor = get_executor(row["executor"], model.name, 2, row["threads"])
-        timings.append({"name": row["name"], "executor": row["executor"], **timed(request, executor, args.repeats)})
-        print(f"{row['name']}: {timings[-1]['latency_s']:.3f} s", file=sys.stderr)
+    jobs = [(replace(base, **row["changes"], executor=row["executor"], workers=2, threads=row["threads"]),
+             get_executor(row["executor"], model.name, 2, row["threads"])) for row in rows]
+    timings = [{"name": row["name"], "executor": row["executor"], **timing}
+               for row, timing in zip(rows, timed_rounds(jobs, args.repeats))]
+    for timing in timings:
+        print(f"{timing['name']}: {timing['latency_s']:.3f} s", file=sys.stderr)
     serial_1 = timings[0]["latency_s"]
     serial_2 = timings[1]["latency_s"]
     bound_a = report["bounds"]["concurrent"]["bound"]
@@ -306,7 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     args.prompts = args.prompts or (4 if args.quick else 32)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     report = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(metrics.json_safe(report), indent=1) + "\n")

@@ -90,3 +90,14 @@ def test_bwcache_on_a_worker_pool_is_refused_clearly(tmp_path, capsys):
     assert main(["generate", "--prompt", "x", "--model", "random-tiny", "--executor", "distributed", "--bwcache",
                  "--out", str(tmp_path)]) == 2
     assert "BWCache runs on local executors" in capsys.readouterr().err
+
+
+def test_eval_scores_held_out_clips_and_records_the_cache(tmp_path):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", "random-tiny", "--mode", "cascade", "--prompts", "2", "--blocks", "2",
+                 "--steps", "2", "--bwcache", "--bwcache-threshold", "0.2", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 4, 2, 0.2)
+    assert report["prompts"] == len(report["items"]) == 2
+    assert {"colour", "shape", "motion", "one_object"} <= set(report["summary"])

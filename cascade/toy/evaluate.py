@@ -45,6 +45,7 @@ def evaluate(request: GenerateRequest, prompts: int, seed: int = 0, progress=Non
         "stride": run.stats["stride"],
         "recache": request.recache,
         "joint": request.joint,
+        "bwcache": request.bwcache_threshold if request.bwcache else None,
         "prompts": len(items),
         "eval_seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
@@ -61,15 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--stride", type=int, default=GenerateRequest.stride)
     parser.add_argument("--no-recache", action="store_true")
     parser.add_argument("--joint", action="store_true")
+    parser.add_argument("--bwcache", action="store_true", help="run with BWCache (local executor)")
+    parser.add_argument("--bwcache-threshold", type=float, default=GenerateRequest.bwcache_threshold)
     parser.add_argument("--json", required=True, type=Path, help="where to write the results")
 
 
 def main(args: argparse.Namespace) -> int:
     request = GenerateRequest(prompt="-", mode=args.mode, model=args.model, blocks=args.blocks, steps=args.steps,
-                              window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint)
+                              window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
+                              bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} clips", end="" if done < total else "\n", file=sys.stderr, flush=True)

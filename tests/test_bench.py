@@ -1,0 +1,27 @@
+"""cascade.bench's timing rounds, with the runs faked (timings are never asserted)."""
+
+from types import SimpleNamespace
+
+from cascade import bench
+from cascade.service import GenerateRequest
+
+
+def test_timed_rounds_warm_each_job_then_visit_every_job_per_round(monkeypatch):
+    calls = []
+    latencies = {"a": iter([9.0, 3.0, 1.0, 2.0]), "b": iter([9.0, 5.0, 7.0, 6.0])}
+
+    def fake_run_on(request, model, executor):
+        calls.append(request.prompt)
+        latency = next(latencies[request.prompt])
+        stats = dict(latency_s=latency, fps=1.0, block_fps=1.0, time_to_first_block_s=0.1, ticks=4, forwards=4,
+                     model_calls=4, workers=1, threads=1)
+        return SimpleNamespace(stats=stats)
+
+    monkeypatch.setattr(bench, "run_on", fake_run_on)
+    monkeypatch.setattr(bench, "get_model", lambda name: None)
+    jobs = [(GenerateRequest(prompt="a"), None), (GenerateRequest(prompt="b"), None)]
+    a, b = bench.timed_rounds(jobs, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert (a["latency_s"], a["latencies_s"]) == (2.0, [1.0, 2.0, 3.0])  # the warm-up (9 s) is not counted
+    assert (b["latency_s"], b["latencies_s"]) == (6.0, [5.0, 6.0, 7.0])
+    assert a["communication_share"] is None
