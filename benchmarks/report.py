@@ -2,6 +2,9 @@
 
     python -m cascade eval --prompts 96 --json benchmarks/results/eval_serial.json
     python -m cascade eval --mode cascade --window 4 --stride 1 --prompts 96 --json benchmarks/results/eval_cascade.json
+    python -m cascade eval --steps 16 --prompts 96 --json benchmarks/results/eval_serial_16steps.json
+    python -m cascade eval --steps 16 --bwcache --bwcache-threshold 0.3 --prompts 96 \
+        --json benchmarks/results/eval_serial_16steps_bwcache.json
     python -m cascade bench --json benchmarks/results/cascade.json --markdown benchmarks/results/cascade.md
     python -m benchmarks.bench_cache
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine

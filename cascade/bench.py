@@ -172,8 +172,9 @@ def end_to_end(request: GenerateRequest, repeats: int) -> dict:
         started = time.perf_counter()
         result = generate(request)
         times.append(time.perf_counter() - started)
-    return {"frames": result.stats["frames"], "blocks": request.blocks, "seconds": statistics.median(times),
-            "all_seconds": times}
+    return {"frames": result.stats["frames"], "blocks": request.blocks, "steps": result.stats["steps"],
+            "bwcache": request.bwcache_threshold if request.bwcache else None,
+            "seconds": statistics.median(times), "all_seconds": times}
 
 
 # ----------------------------------------------------------------------------- quality
@@ -230,6 +231,9 @@ def run(args: argparse.Namespace) -> dict:
         },
     }
     report["end_to_end_serial"] = end_to_end(replace(base, mode="serial"), args.repeats)
+    # The bundled model's best-scoring setting (BENCHMARKS.md's eval table): 16 steps, BWCache δ 0.3.
+    report["end_to_end_serial_16_steps_bwcache"] = end_to_end(
+        replace(base, mode="serial", steps=16, bwcache=True, bwcache_threshold=0.3), args.repeats)
     rows = variants(args.quick)
     jobs = [(replace(base, **row["changes"], executor=row["executor"], workers=2, threads=row["threads"]),
              get_executor(row["executor"], model.name, 2, row["threads"])) for row in rows]
@@ -265,6 +269,7 @@ def _pct(summary: dict, key: str) -> str:
 
 def markdown(report: dict) -> str:
     b = report["bounds"]
+    e2e = [report["end_to_end_serial"], report["end_to_end_serial_16_steps_bwcache"]]
     lines = [
         "## Serial vs Block Cascading on this machine (`python -m cascade bench`)",
         "",
@@ -278,9 +283,9 @@ def markdown(report: dict) -> str:
         + ", ".join(f"batch {k}: {v:.1f} ms" for k, v in b["batched"]["per_block_ms"].items())
         + f" → at most **{b['batched']['bound']:.2f}×**.",
         "",
-        f"A whole serial request, {report['end_to_end_serial']['blocks']} blocks = "
-        f"{report['end_to_end_serial']['frames']} frames, text encoding and decoding included, default threads: "
-        f"**{report['end_to_end_serial']['seconds']:.2f} s** (median).",
+        f"A whole serial request, {e2e[0]['blocks']} blocks = {e2e[0]['frames']} frames, text encoding and "
+        f"decoding included, default threads (median): **{e2e[0]['seconds']:.2f} s** at {e2e[0]['steps']} steps, "
+        f"**{e2e[1]['seconds']:.2f} s** at {e2e[1]['steps']} steps with BWCache δ={e2e[1]['bwcache']:g}.",
         "",
         "Comm share: the time the most-blocked worker's items waited for K/V still on their way, "
         "over the latency. The default cascade of the CLI and the app is W4 s2.",
