@@ -137,8 +137,9 @@ def _median_run(runs: list[dict]) -> dict:
     }
 
 
-def variants(quick: bool) -> list[dict]:
-    """(name, request changes, executor kind, threads) of every timed configuration."""
+def variants(quick: bool, distributed: bool = True) -> list[dict]:
+    """(name, request changes, executor kind, threads) of every timed configuration; without
+    ``distributed`` (BWCache runs: its hooks live on this process's model) the worker-pool rows go."""
     cascade = dict(mode="cascade", window=2, stride=1)
     rows = [
         dict(name="serial, 1 core", changes=dict(mode="serial"), executor="local", threads=1),
@@ -159,7 +160,7 @@ def variants(quick: bool) -> list[dict]:
                 rows.append(dict(name=f"sweep: cascade W{window} s{stride}, batched, 2 cores",
                                  changes=dict(mode="cascade", window=window, stride=stride),
                                  executor="batched", threads=2))
-    return rows
+    return [row for row in rows if distributed or row["executor"] != "distributed"]
 
 
 def end_to_end(request: GenerateRequest, repeats: int) -> dict:
@@ -218,13 +219,15 @@ def quality(base: GenerateRequest, rows: list[dict], prompts: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     model = get_model(args.model)
-    base = GenerateRequest(prompt=PROMPT, model=model.name, blocks=args.blocks, steps=args.steps)
+    base = GenerateRequest(prompt=PROMPT, model=model.name, blocks=args.blocks, steps=args.steps,
+                           bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold)
     forwards = 20 if args.quick else 100
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "processor": platform.processor()},
         "model": model.name, "random_weights": model.random_weights, "blocks": args.blocks,
         "steps": args.steps or model.sampler.num_steps, "quick": args.quick,
+        "bwcache": args.bwcache_threshold if args.bwcache else None,
         "bounds": {
             "concurrent": bound_concurrent(model.name, 2, forwards),
             "batched": bound_batched(model, [1, 2, 4], forwards, threads=2),
@@ -234,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
     # The bundled model's best-scoring setting (BENCHMARKS.md's eval table): 16 steps, BWCache δ 0.3.
     report["end_to_end_serial_16_steps_bwcache"] = end_to_end(
         replace(base, mode="serial", steps=16, bwcache=True, bwcache_threshold=0.3), args.repeats)
-    rows = variants(args.quick)
+    rows = variants(args.quick, distributed=not args.bwcache)
     jobs = [(replace(base, **row["changes"], executor=row["executor"], workers=2, threads=row["threads"]),
              get_executor(row["executor"], model.name, 2, row["threads"])) for row in rows]
     timings = [{"name": row["name"], "executor": row["executor"], **timing}
@@ -270,11 +273,13 @@ def _pct(summary: dict, key: str) -> str:
 def markdown(report: dict) -> str:
     b = report["bounds"]
     e2e = [report["end_to_end_serial"], report["end_to_end_serial_16_steps_bwcache"]]
+    cache = "" if report.get("bwcache") is None else f", BWCache δ={report['bwcache']:g} on every row"
     lines = [
         "## Serial vs Block Cascading on this machine (`python -m cascade bench`)",
         "",
         f"Model `{report['model']}`{' (RANDOM weights: timing only, quality columns are meaningless)' if report['random_weights'] else ''}, "
         f"{report['blocks']} blocks, {report['steps']} steps, {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}"
+        f"{cache}"
         f"{' (quick run)' if report['quick'] else ''}.",
         "",
         f"Bound (a), 2 single-thread loops at once vs one: {b['concurrent']['forward_alone_ms']:.1f} ms alone, "
@@ -318,6 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here (e.g. BENCHMARKS.md)")
+    parser.add_argument("--bwcache", action="store_true",
+                        help="BWCache on every row (local executors only: the worker-pool rows are left out)")
+    parser.add_argument("--bwcache-threshold", type=float, default=GenerateRequest.bwcache_threshold)
 
 
 def main(args: argparse.Namespace) -> int:
