@@ -228,10 +228,11 @@ class RankExecutor:
         """Post one broadcast per owner of the tick's blocks, lowest block first, each of that
         owner's blocks stacked as [blocks, 2 (K, V), layers, batch, tokens, heads, dim]; returns
         the bytes this worker sends and receives."""
-        owners = sorted({owner(b, self.workers) for b in blocks}, key=lambda w: min(b for b in blocks if owner(b, self.workers) == w))
+        owned_by: dict[int, list[int]] = {}  # in order of each owner's lowest block
+        for b in sorted(blocks):
+            owned_by.setdefault(owner(b, self.workers), []).append(b)
         sent = received = 0
-        for src in owners:
-            owned = [b for b in blocks if owner(b, self.workers) == src]
+        for src, owned in owned_by.items():
             if src == self.rank:
                 payload = torch.stack([torch.stack(cache.read_frames(b * frames_per_block, frames_per_block)) for b in owned])
                 sent += payload.nbytes
