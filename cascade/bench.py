@@ -174,7 +174,7 @@ def end_to_end(request: GenerateRequest, repeats: int) -> dict:
         result = generate(request)
         times.append(time.perf_counter() - started)
     return {"frames": result.stats["frames"], "blocks": request.blocks, "steps": result.stats["steps"],
-            "bwcache": request.bwcache_threshold if request.bwcache else None,
+            "bwcache": request.bwcache_delta,
             "seconds": statistics.median(times), "all_seconds": times}
 
 
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
                     "processor": platform.processor()},
         "model": model.name, "random_weights": model.random_weights, "blocks": args.blocks,
         "steps": args.steps or model.sampler.num_steps, "quick": args.quick,
-        "bwcache": args.bwcache_threshold if args.bwcache else None,
+        "bwcache": base.bwcache_delta,
         "bounds": {
             "concurrent": bound_concurrent(model.name, 2, forwards),
             "batched": bound_batched(model, [1, 2, 4], forwards, threads=2),

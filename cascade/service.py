@@ -45,6 +45,11 @@ class GenerateRequest:
     bwcache: bool = False
     bwcache_threshold: float = 0.15
 
+    @property
+    def bwcache_delta(self) -> float | None:
+        """BWCache's threshold when the cache is on, else None (how reports record the setting)."""
+        return self.bwcache_threshold if self.bwcache else None
+
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise ValueError("the prompt is empty")

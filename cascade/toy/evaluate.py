@@ -45,7 +45,7 @@ def evaluate(request: GenerateRequest, prompts: int, seed: int = 0, progress=Non
         "stride": run.stats["stride"],
         "recache": request.recache,
         "joint": request.joint,
-        "bwcache": request.bwcache_threshold if request.bwcache else None,
+        "bwcache": request.bwcache_delta,
         "prompts": len(items),
         "eval_seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
