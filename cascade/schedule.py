@@ -2,7 +2,8 @@
 
 A work item is one forward of one video block: ``(block, step)`` for step in ``0..T-1``, plus
 optionally ``(block, "recache")``, the extra forward of the clean block at timestep 0 that only
-rewrites its K/V. A schedule groups all items into ticks; the items of one tick are independent
+rewrites its K/V. The last block has no recache: its K/V are never read, so that forward would
+only make every schedule one item longer. A schedule groups all items into ticks; the items of one tick are independent
 and may run in parallel. The serial pipeline and Block Cascading are the same items in a
 different order, so everything downstream (pipeline, executors, timelines) is written once
 against a schedule.
@@ -46,6 +47,7 @@ class Schedule:
 
     @property
     def items_per_block(self) -> int:
+        """Items of every block but the last (which has no recache)."""
         return self.num_steps + int(self.recache)
 
     @property
@@ -59,7 +61,7 @@ class Schedule:
     def block_items(self, block: int) -> list[WorkItem]:
         """The items of one block in the order a block must run them."""
         steps: list[Step] = list(range(self.num_steps))
-        if self.recache:
+        if _has_recache(block, self.num_blocks, self.recache):
             steps.append(RECACHE)
         return [WorkItem(block, step) for step in steps]
 
@@ -101,9 +103,13 @@ def make_schedule(
             tick.append(WorkItem(block, step))
         for item in tick:
             done[item.block] += 1
-        in_flight = [b for b in in_flight if done[b] < items_per_block]
+        in_flight = [b for b in in_flight if done[b] < num_steps + _has_recache(b, num_blocks, recache)]
         ticks.append(tuple(tick))
     return Schedule(num_blocks, num_steps, window, stride, recache, tuple(ticks))
+
+
+def _has_recache(block: int, num_blocks: int, recache: bool) -> bool:
+    return recache and block < num_blocks - 1
 
 
 def _check_arguments(num_blocks: int, num_steps: int, window: int, stride: int, items_per_block: int) -> None:

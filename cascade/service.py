@@ -85,14 +85,15 @@ def get_model(name: str | None = None) -> CascadeModel:
 _POOLS: dict[tuple, object] = {}
 
 
-def get_executor(kind: str, model_name: str, workers: int = 2, threads: int | None = None):
+def get_executor(kind: str, model_name: str, workers: int = 2, threads: int | None = None, kv_exchange: str = "auto"):
     """Local executors are cheap to make; a distributed pool is started once and kept."""
     if kind == "distributed":
         from .backend.distributed import DistributedExecutor
 
-        key = (model_name, workers, threads)
+        key = (model_name, workers, threads, kv_exchange)
         if key not in _POOLS:
-            _POOLS[key] = DistributedExecutor(model_name, workers=workers, threads_per_worker=threads)
+            _POOLS[key] = DistributedExecutor(model_name, workers=workers, threads_per_worker=threads,
+                                              kv_exchange=kv_exchange)
         return _POOLS[key]
     return LocalExecutor(batched=kind == "batched", threads=threads)
 
@@ -139,6 +140,7 @@ def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: Pr
         "executor": output.executor,
         "workers": output.workers,
         "threads": getattr(executor, "threads", request.threads),
+        "kv_exchange": getattr(executor, "kv_exchange", None),
         "window": schedule.window,
         "stride": schedule.stride,
         "recache": schedule.recache,

@@ -14,7 +14,7 @@ def test_timed_rounds_warm_each_job_then_visit_every_job_per_round(monkeypatch):
         calls.append(request.prompt)
         latency = next(latencies[request.prompt])
         stats = dict(latency_s=latency, fps=1.0, block_fps=1.0, time_to_first_block_s=0.1, ticks=4, forwards=4,
-                     model_calls=4, workers=1, threads=1)
+                     model_calls=4, workers=1, threads=1, kv_exchange=None)
         return SimpleNamespace(stats=stats)
 
     monkeypatch.setattr(bench, "run_on", fake_run_on)

@@ -20,6 +20,7 @@ import torch
 
 from cascade.backend import LocalExecutor
 from cascade.backend.distributed import DistributedExecutor, owner
+from cascade.backend.kv_exchange import RING_SLOTS, shared_memory_possible
 from cascade.model import CausalWanTransformer
 from cascade.model.presets import TINY, load_model
 from cascade.pipeline import BlockCausalPipeline, DenoiseJob
@@ -33,7 +34,10 @@ SCHEDULES = {
     "serial": make_schedule(BLOCKS, STEPS),
     "cascade-window2-recache": make_schedule(BLOCKS, STEPS, window=2, stride=1, recache=True),
     "cascade-window4-no-recache": make_schedule(BLOCKS + 1, STEPS, window=4, stride=1, recache=False),
+    # worker 0 posts all of block 0 before worker 1 reads any: more postings than the shared ring has slots
+    "serial-more-steps-than-ring-slots": make_schedule(BLOCKS, RING_SLOTS + 2),
 }
+SHARED_MEMORY = shared_memory_possible(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,20 @@ def test_pool_equals_local_executor(model, pool, name):
         t = tick_of[(e.block, e.step)]
         context = [p.end for p in out.timeline if tick_of[(p.block, p.step)] == t - 1 and p.block < e.block]
         assert all(end <= e.start for end in context)
+
+
+def test_pool_on_one_host_exchanges_kv_through_shared_memory(pool):
+    assert pool.kv_exchange == ("shared_memory" if SHARED_MEMORY else "broadcast")
+
+
+def test_broadcast_exchange_gives_the_same_video(model):
+    schedule = SCHEDULES["cascade-window2-recache"]
+    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1, kv_exchange="broadcast") as pool:
+        out = generate(model, schedule, pool)
+        assert pool.kv_exchange == "broadcast"
+    assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="kv_exchange"):
+        DistributedExecutor("random-tiny", kv_exchange="carrier-pigeon")
 
 
 def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
@@ -174,5 +192,50 @@ def test_torchrun_generates_the_same_video(model, tmp_path):
     assert (latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["workers"] == WORKERS and stats["forwards"] == schedule.num_items
+    assert stats["kv_exchange"] == ("shared_memory" if SHARED_MEMORY else "broadcast")
     assert {e["worker"] for e in stats["timeline"]} == set(range(WORKERS))
     assert (tmp_path / "video.mp4").stat().st_size > 0
+
+
+RANKS_WITHOUT_SHARED_MEMORY = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from cascade.backend import kv_exchange
+from cascade.backend.distributed import RankExecutor
+from cascade.model.presets import load_model
+from cascade.pipeline import BlockCausalPipeline
+from cascade.schedule import make_schedule
+
+dist.init_process_group("gloo")
+out = Path(sys.argv[1])
+# Each rank gets its own directory, as containers with their own /dev/shm on one kernel would.
+kv_exchange.SHARED_MEMORY_DIR = out / f"shm-of-rank-{dist.get_rank()}"
+kv_exchange.SHARED_MEMORY_DIR.mkdir()
+executor = RankExecutor("cpu")
+schedule = make_schedule(%(blocks)d, %(steps)d, window=2, stride=1)
+latents = BlockCausalPipeline(load_model("random-tiny"))(%(prompt)r, schedule, executor, seed=%(seed)d).latents
+if dist.get_rank() == 0:
+    np.save(out / "latents.npy", latents.numpy())
+    (out / "exchange.txt").write_text(executor.kv_exchange)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not SHARED_MEMORY, reason="shared-memory exchange needs Linux on x86-64")
+def test_ranks_that_cannot_share_memory_fall_back_to_broadcasts(model, tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_WITHOUT_SHARED_MEMORY % dict(blocks=BLOCKS, steps=STEPS, prompt=PROMPT, seed=SEED))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORKERS}",
+               str(script), str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "exchange.txt").read_text() == "broadcast"
+    latents = torch.from_numpy(np.load(tmp_path / "latents.npy"))
+    schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1)
+    assert (latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+    assert not any(tmp_path.glob("shm-of-rank-*/*"))  # nothing left behind

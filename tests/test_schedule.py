@@ -49,7 +49,7 @@ def test_window_one_or_full_stride_is_serial(blocks, steps, recache):
     serial = serial_schedule(blocks, steps, recache=recache)
     expected = tuple((item,) for b in range(blocks) for item in serial.block_items(b))
     assert serial.ticks == expected
-    assert serial.num_ticks == blocks * (steps + int(recache))
+    assert serial.num_ticks == blocks * (steps + int(recache)) - int(recache)
     full_stride = steps + int(recache)
     for window in (1, 2, 4):
         assert make_schedule(blocks, steps, window=window, stride=full_stride, recache=recache).ticks == expected
@@ -66,11 +66,12 @@ def test_cascade_stride_one_window_four_shape():
     assert ideal_speedup(serial_schedule(8, 4, recache=False), schedule) == pytest.approx(32 / 11)
 
 
-def test_recache_is_the_last_item_of_a_block():
+def test_recache_is_the_last_item_of_a_block_but_the_last_block_has_none():
     schedule = make_schedule(2, 2, window=2, stride=1, recache=True)
     assert schedule.block_items(0)[-1] == WorkItem(0, RECACHE)
     assert WorkItem(0, RECACHE).is_recache
-    assert schedule.as_lists()[1] == [(0, 1), (1, 0)]
+    assert schedule.block_items(1) == [WorkItem(1, 0), WorkItem(1, 1)]
+    assert schedule.as_lists() == [[(0, 0)], [(0, 1), (1, 0)], [(0, RECACHE), (1, 1)]]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ the previous tick (later broadcasts are posted only after its own items of this 
 Why K/V and not latents: a block's latent is far smaller than its K/V for all layers, but a
 worker that receives a latent must run the same forward again to get the K/V it needs, so every
 worker would end up running every item and the tick would take as long as on one device. K/V
-moves with a broadcast from each owner (gloo on CPU, NCCL on GPU), one per owner per tick.
+moves (``kv_exchange.py``) through shared memory when every worker is a CPU process of one
+x86-64 host, else with a broadcast from each owner (gloo on CPU, NCCL on GPU), one per owner per
+tick.
 
 Two ways to run it:
 
@@ -68,16 +70,14 @@ import torch.multiprocessing as mp
 
 from ..schedule import Schedule
 from .base import ExecutionResult, TimelineEntry, report_progress
+from .kv_exchange import (BroadcastExchange, SharedMemoryExchange, block_kv_shape, open_shared_memory_exchange,
+                          owner, owners_of, shared_memory_possible)
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
 START_TIMEOUT_S = 600.0  # starting the workers, importing torch and loading a replica
 COLLECTIVE_TIMEOUT_S = 300.0  # a worker stuck alive in a collective fails after this
-
-
-def owner(block: int, workers: int) -> int:
-    """The worker that runs every item of ``block`` and holds its latent."""
-    return block % workers
+KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,6 @@ class CommEntry:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclass
-class _Incoming:
-    """A posted broadcast of one owner's K/V for ``blocks``; its payload stays referenced until done."""
-
-    work: object
-    src: int
-    blocks: list[int]
-    payload: torch.Tensor
 
 
 @dataclass
@@ -159,37 +149,56 @@ class RankExecutor:
 
     name = "distributed"
 
-    def __init__(self, device: str | torch.device):
+    def __init__(self, device: str | torch.device, kv_exchange: str = "auto",
+                 timeout_s: float = COLLECTIVE_TIMEOUT_S):
+        if kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
         self.device = torch.device(device)
         self.rank = dist.get_rank()
         self.workers = dist.get_world_size()
+        self.timeout_s = timeout_s
         self._cpu_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        possible = [None] * self.workers
+        dist.all_gather_object(possible, shared_memory_possible(self.device), group=self._cpu_group)
+        if kv_exchange == "shared_memory" and not all(possible):
+            raise ValueError("kv_exchange='shared_memory' needs every worker on the CPU of one x86-64 host")
+        self._shared_memory = kv_exchange != "broadcast" and all(possible)
+        self._requested = kv_exchange
+        self._shm: SharedMemoryExchange | None = None
 
-    def execute(self, job, schedule: Schedule, progress=None, clock_origin: float | None = None) -> DistributedResult:
+    @property
+    def kv_exchange(self) -> str:
+        """How this executor's K/V travel: "shared_memory" or "broadcast"."""
+        return "shared_memory" if self._shared_memory else "broadcast"
+
+    def execute(self, job, schedule: Schedule, progress=None, clock_origin: float | None = None,
+                checked: bool = False) -> DistributedResult:
         """Run this rank's items of ``schedule``; returns every block's latent (CPU) and timing.
 
         ``clock_origin``: a ``time.perf_counter()`` reading on this machine that the times are
         measured from (the pool passes the moment its parent started the run: one clock for
         all its workers). By default the run starts when all ranks pass a barrier, which also
-        holds across machines.
+        holds across machines. ``checked``: the caller made sure every rank holds the same
+        weights and prompt embedding (the pool does); otherwise the ranks compare them first.
         """
         if job.joint:
             raise ValueError("a joint job runs a whole tick in one forward on one device; "
                              "use LocalExecutor for the joint variant")
-        self._check_same_job(job)
+        if not checked:
+            self._check_same_job(job)
+        cache = job.new_cache(self.device)
+        frames_per_block = cache.num_frames // job.num_blocks
+        exchange = self._exchange_for(cache, schedule, frames_per_block)
         dist.barrier(group=self._cpu_group)
         origin = time.perf_counter() if clock_origin is None else clock_origin
 
         def clock() -> float:
             return time.perf_counter() - origin
 
-        cache = job.new_cache(self.device)
-        frames_per_block = cache.num_frames // job.num_blocks
         current: dict[int, torch.Tensor] = {}
         timeline: list[TimelineEntry] = []
         communication: list[CommEntry] = []
-        incoming: list[_Incoming] = []
         calls = 0
         for tick_index, tick in enumerate(schedule.ticks):
             blocked = 0.0
@@ -199,7 +208,8 @@ class RankExecutor:
                 if item.block not in current:
                     current[item.block] = job.initial_latent(item.block, self.device)
                 waiting = clock()
-                self._receive(incoming, cache, frames_per_block, below=item.block)
+                exchange.receive(cache, frames_per_block, below=item.block)
+                self._sync()
                 start = clock()
                 blocked += start - waiting
                 (current[item.block],) = job.run((item,), [current[item.block]], cache)
@@ -208,10 +218,10 @@ class RankExecutor:
                 calls += 1
             cache.commit()
             posted = clock()
-            sent, received = self._post_kv(incoming, cache, [i.block for i in tick], frames_per_block)
+            sent, received = exchange.post(cache, [i.block for i in tick], frames_per_block)
             communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
             report_progress(progress, tick_index, schedule)
-        self._receive(incoming, cache, frames_per_block, below=None)
+        exchange.receive(cache, frames_per_block, below=None)
 
         mine = {block: latent.cpu() for block, latent in current.items()}
         gathered = [None] * self.workers
@@ -224,39 +234,25 @@ class RankExecutor:
             communication=sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker)),
         )
 
-    def _post_kv(self, incoming: list[_Incoming], cache, blocks: list[int], frames_per_block: int) -> tuple[int, int]:
-        """Post one broadcast per owner of the tick's blocks, lowest block first, each of that
-        owner's blocks stacked as [blocks, 2 (K, V), layers, batch, tokens, heads, dim]; returns
-        the bytes this worker sends and receives."""
-        owned_by: dict[int, list[int]] = {}  # in order of each owner's lowest block
-        for b in sorted(blocks):
-            owned_by.setdefault(owner(b, self.workers), []).append(b)
-        sent = received = 0
-        for src, owned in owned_by.items():
-            if src == self.rank:
-                payload = torch.stack([torch.stack(cache.read_frames(b * frames_per_block, frames_per_block)) for b in owned])
-                sent += payload.nbytes
-            else:
-                k, _ = cache.read_frames(0, frames_per_block)
-                payload = torch.empty((len(owned), 2, *k.shape), dtype=k.dtype, device=cache.device)
-                received += payload.nbytes
-            work = dist.broadcast(payload, src=src, async_op=True)
-            incoming.append(_Incoming(work, src, owned, payload))
-        return sent, received
-
-    def _receive(self, incoming: list[_Incoming], cache, frames_per_block: int, below: int | None) -> None:
-        """Finish the posted broadcasts, in posting order, until none left carries a block lower
-        than ``below`` (all of them for ``None``), writing what others sent into the cache."""
-        def needed(entry: _Incoming) -> bool:
-            return below is None or (entry.src != self.rank and min(entry.blocks) < below)
-
-        while any(needed(entry) for entry in incoming):
-            entry = incoming.pop(0)
-            entry.work.wait()
-            if entry.src != self.rank:
-                for b, kv in zip(entry.blocks, entry.payload):
-                    cache.write_frames(b * frames_per_block, kv[0], kv[1])
-        self._sync()
+    def _exchange_for(self, cache, schedule: Schedule, frames_per_block: int):
+        """Shared memory when every worker can map the others' (kept across runs, remapped when
+        a run needs bigger slots), else broadcasts. Collective: every rank decides alike."""
+        if not self._shared_memory:
+            return BroadcastExchange(self.rank, self.workers)
+        per_block = block_kv_shape(cache, frames_per_block)
+        max_blocks = max(len(owned) for tick in schedule.ticks
+                         for owned in owners_of([i.block for i in tick], self.workers).values())
+        if self._shm is None or not self._shm.fits(per_block, cache.k.dtype, max_blocks):
+            self._shm = open_shared_memory_exchange(self.rank, self.workers, per_block, cache.k.dtype, max_blocks,
+                                                    self.timeout_s, group=self._cpu_group)
+            if self._shm is None:
+                if self._requested == "shared_memory":
+                    raise RuntimeError("kv_exchange='shared_memory': the workers cannot map each other's "
+                                       "shared memory (other hosts, or containers with their own /dev/shm)")
+                self._shared_memory = False
+                return BroadcastExchange(self.rank, self.workers)
+        self._shm.start_run()
+        return self._shm
 
     def _check_same_job(self, job) -> None:
         """Every rank must hold the same weights and prompt embedding, or the blocks they compute
@@ -303,6 +299,7 @@ class _WorkerConfig:
     threads: int | None
     loader: Callable[[torch.device], torch.nn.Module]
     collective_timeout_s: float
+    kv_exchange: str
 
 
 def _worker_main(config: _WorkerConfig, commands, results) -> None:
@@ -322,8 +319,8 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
         store = dist.TCPStore("127.0.0.1", config.store_port, config.workers, is_master=False, timeout=timeout)
         dist.init_process_group(config.backend, store=store, rank=rank, world_size=config.workers, timeout=timeout)
         replica = config.loader(device)
-        executor = RankExecutor(device)
-        results.put(("ready", rank, weight_fingerprint(replica)))
+        executor = RankExecutor(device, config.kv_exchange, config.collective_timeout_s)
+        results.put(("ready", rank, weight_fingerprint(replica), executor.kv_exchange))
         parent = multiprocessing.parent_process()
         while True:
             try:
@@ -337,7 +334,9 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
             run_id, spec, schedule, origin = command
             job = dataclasses.replace(spec, transformer=replica)
             progress = _forward_progress(results, run_id) if rank == 0 else None
-            result = executor.execute(job, schedule, progress=progress, clock_origin=origin)
+            # checked: the parent compared the job's weights with the replicas (identical since the
+            # start) and sent every worker the same prompt embedding
+            result = executor.execute(job, schedule, progress=progress, clock_origin=origin, checked=True)
             if rank == 0:
                 results.put(("done", run_id, result))
         dist.destroy_process_group()
@@ -382,6 +381,8 @@ class DistributedExecutor:
     A run's model must have the same weights (checked per run). ``device``: ``"cpu"`` (gloo,
     cores split: ``threads_per_worker`` each, default all cores / workers) or ``"cuda"``
     (NCCL, worker i on ``cuda:i``). Runs are served one at a time, in the order they arrive.
+    ``kv_exchange``: "auto" (shared memory for a CPU pool on x86-64, else broadcasts),
+    "shared_memory" or "broadcast"; ``self.kv_exchange`` says which the workers use.
     """
 
     name = "distributed"
@@ -394,7 +395,10 @@ class DistributedExecutor:
         threads_per_worker: int | None = None,
         collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
         start_timeout_s: float = START_TIMEOUT_S,
+        kv_exchange: str = "auto",
     ):
+        if kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if device not in ("cpu", "cuda"):
@@ -410,6 +414,8 @@ class DistributedExecutor:
             self.threads = threads_per_worker
         self.collective_timeout_s = collective_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.requested_kv_exchange = kv_exchange
+        self.kv_exchange: str | None = None  # what the workers chose, once started
         self._pool: _Pool | None = None
         self._closed = False
         self._run_id = 0
@@ -438,7 +444,7 @@ class DistributedExecutor:
         processes = []
         for rank in range(self.workers):
             config = _WorkerConfig(rank, self.workers, store.port, backend, self._worker_device(rank),
-                                   self.threads, self.loader, self.collective_timeout_s)
+                                   self.threads, self.loader, self.collective_timeout_s, self.requested_kv_exchange)
             process = context.Process(target=_worker_main, args=(config, commands[rank], results),
                                       name=f"cascade-worker-{rank}", daemon=True)
             process.start()
@@ -449,7 +455,7 @@ class DistributedExecutor:
         while len(fingerprints) < self.workers:
             message = self._next_message(deadline, "start")
             if message[0] == "ready":
-                _, rank, fingerprints[rank] = message
+                _, rank, fingerprints[rank], self.kv_exchange = message
         for rank, fingerprint in fingerprints.items():
             if not same_fingerprint(fingerprint, fingerprints[0]):
                 self._stop()
@@ -604,6 +610,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (CPU)")
+    parser.add_argument("--kv-exchange", choices=KV_EXCHANGES, default="auto",
+                        help="how K/V move between ranks (auto: shared memory when all ranks share one x86-64 host's CPU)")
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes frames.npy, latents.npy, "
                                                                   "video.mp4 and stats.json here")
     return parser.parse_args(argv)
@@ -635,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or model.sampler.num_steps
         schedule = make_schedule(args.blocks, steps, window=args.window, stride=args.stride,
                                  recache=not args.no_recache)
-        executor = RankExecutor(device)
+        executor = RankExecutor(device, args.kv_exchange)
         output = BlockCausalPipeline(model)(args.prompt, schedule, executor, seed=args.seed)
         if dist.get_rank() == 0:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -645,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             timing = metrics.run_timing(output.timeline, output.frames.shape[0] // args.blocks, args.blocks)
             stats = {
                 "model": model.name, "prompt": args.prompt, "seed": args.seed, "executor": "torchrun",
-                "workers": executor.workers, "device": args.device, "blocks": args.blocks, "steps": steps,
+                "workers": executor.workers, "device": args.device, "kv_exchange": executor.kv_exchange,
+                "blocks": args.blocks, "steps": steps,
                 "window": schedule.window, "stride": schedule.stride, "recache": schedule.recache,
                 "ticks": schedule.num_ticks, "model_calls": output.model_calls, **timing,
                 "timeline": [entry.as_dict() for entry in output.timeline],
