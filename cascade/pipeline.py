@@ -45,11 +45,12 @@ class DenoiseJob:
     request_id: str = "run"
     _text_on: dict = field(default_factory=dict, repr=False)
 
-    def new_cache(self, device) -> KVCache:
+    def new_cache(self, device, reuse: KVCache | None = None) -> KVCache:
+        """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits."""
         lay = self.layout
         return self.transformer.new_kv_cache(
             self.num_blocks * lay.frames_per_block, lay.height, lay.width,
-            local_window=self.local_window, sink_frames=self.sink_frames, device=device,
+            local_window=self.local_window, sink_frames=self.sink_frames, device=device, reuse=reuse,
         )
 
     def initial_latent(self, block: int, device) -> torch.Tensor:

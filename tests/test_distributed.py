@@ -110,6 +110,17 @@ def test_broadcast_exchange_gives_the_same_video(model):
         DistributedExecutor("random-tiny", kv_exchange="carrier-pigeon")
 
 
+def test_owners_far_ahead_of_their_readers_never_deadlock(model):
+    """Window 2, far more steps than the shared ring has slots: each worker posts a block's K/V
+    every tick while the other reads them only when its next block starts. Had a waiting worker
+    stopped copying out, both would end up waiting for the other to free a slot (this schedule
+    did that before waiting workers drained what was published); now it must finish."""
+    schedule = make_schedule(3, 3 * RING_SLOTS, window=2, stride=1)
+    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1, collective_timeout_s=30) as pool:
+        out = generate(model, schedule, pool)
+    assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
+
+
 def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
     schedule = SCHEDULES["cascade-window2-recache"]
     result = pool.execute(make_job(model, schedule), schedule)

@@ -177,6 +177,27 @@ def test_prompt_switch_replaces_cross_attention_cache_only(models):
     assert cache.text_source is second
 
 
+@torch.no_grad()
+def test_a_reused_cache_is_emptied_and_behaves_as_new(models):
+    _, causal = models
+    x, t = torch.randn(1, 4, 6, 8, 8), torch.tensor([500.0])
+    first, second = torch.randn(1, 7, 24), torch.randn(1, 7, 24)
+
+    def two_blocks(cache, text):
+        causal(x[:, :, :3], t, text, kv_cache=cache, start_frame=0)
+        cache.commit()
+        return causal(x[:, :, 3:], t, text, kv_cache=cache, start_frame=3).sample
+
+    used = causal.new_kv_cache(6, 8, 8)
+    two_blocks(used, first)
+    used.commit()
+    reused = causal.new_kv_cache(6, 8, 8, reuse=used)
+    assert reused is used and reused.filled == [False] * 6 and reused.text_source is None and not reused.cross_kv
+    assert torch.equal(two_blocks(reused, second), two_blocks(causal.new_kv_cache(6, 8, 8), second))
+    assert causal.new_kv_cache(9, 8, 8, reuse=used) is not used  # another geometry: a new cache
+    assert causal.new_kv_cache(6, 8, 8, dtype=torch.float64, reuse=used) is not used
+
+
 def test_mask_and_cache_together_is_an_error(models):
     _, causal = models
     cache = causal.new_kv_cache(3, 8, 8)

@@ -2,9 +2,10 @@
 
 Both exchanges keep the same contract with ``RankExecutor``: after its items of a tick, every
 worker calls ``post`` with the tick's blocks (it publishes those it owns and expects the others),
-and before an item it calls ``receive(below=block)``, which writes into its cache every expected
-K/V of a block lower than ``block``, in posting order. What it receives is a copy of exact bytes,
-so the exchange never changes a result.
+and before an item it calls ``receive(below=block)``, which writes into its cache at least every
+expected K/V of a block lower than ``block``, each owner's in posting order. Everything expected
+is of a tick before the item's, so the item sees what the context rule says. What it receives is
+a copy of exact bytes, so the exchange never changes a result.
 
 - ``BroadcastExchange``: one torch.distributed broadcast per owner per tick, posted async (gloo
   on CPU, NCCL on GPU). Works across machines.
@@ -77,9 +78,13 @@ class _Posted:
     blocks: list[int]
     handle: object  # the broadcast's work and buffer, or the owner's posting number
 
+    def needed_below(self, rank: int, below: int | None) -> bool:
+        """Must be in the cache before an item of block ``below`` (any item: None) runs on ``rank``."""
+        return below is None or (self.src != rank and min(self.blocks) < below)
+
 
 class _Exchange:
-    """The bookkeeping both exchanges share: what was posted, and receiving it in order."""
+    """The bookkeeping both exchanges share: what each tick's owners post, and its byte counts."""
 
     def __init__(self, rank: int, workers: int):
         self.rank = rank
@@ -96,28 +101,18 @@ class _Exchange:
                 sent += len(owned) * block_bytes
             else:
                 received += len(owned) * block_bytes
-            self.pending.append(_Posted(src, owned, self._post_one(cache, src, owned, frames_per_block, per_block)))
+            handle = self._post_one(cache, src, owned, frames_per_block, per_block)
+            if handle is not None:
+                self.pending.append(_Posted(src, owned, handle))
         return sent, received
-
-    def receive(self, cache, frames_per_block: int, below: int | None) -> None:
-        """Write what others posted into the cache, in posting order, until nothing left carries a
-        block lower than ``below`` (everything for ``None``)."""
-        def needed(entry: _Posted) -> bool:
-            return below is None or (entry.src != self.rank and min(entry.blocks) < below)
-
-        while any(needed(entry) for entry in self.pending):
-            entry = self.pending.pop(0)
-            self._receive_one(cache, entry, frames_per_block)
 
     def _post_one(self, cache, src, owned, frames_per_block, per_block):
         raise NotImplementedError
 
-    def _receive_one(self, cache, entry: _Posted, frames_per_block: int) -> None:
-        raise NotImplementedError
-
 
 class BroadcastExchange(_Exchange):
-    """One async torch.distributed broadcast per owner per tick, lowest block first."""
+    """One async torch.distributed broadcast per owner per tick, lowest block first; received in
+    posting order, as collectives must be finished."""
 
     name = "broadcast"
 
@@ -128,11 +123,15 @@ class BroadcastExchange(_Exchange):
             payload = torch.empty((len(owned), *per_block), dtype=cache.k.dtype, device=cache.device)
         return dist.broadcast(payload, src=src, async_op=True), payload
 
-    def _receive_one(self, cache, entry: _Posted, frames_per_block: int) -> None:
-        work, payload = entry.handle
-        work.wait()
-        if entry.src != self.rank:
-            _write_received(cache, entry.blocks, payload, frames_per_block)
+    def receive(self, cache, frames_per_block: int, below: int | None) -> None:
+        """Write what others posted into the cache, in posting order, until nothing left carries a
+        block lower than ``below`` (everything for ``None``)."""
+        while any(entry.needed_below(self.rank, below) for entry in self.pending):
+            entry = self.pending.pop(0)
+            work, payload = entry.handle
+            work.wait()
+            if entry.src != self.rank:
+                _write_received(cache, entry.blocks, payload, frames_per_block)
 
 
 class SharedMemoryExchange(_Exchange):
@@ -142,6 +141,11 @@ class SharedMemoryExchange(_Exchange):
     one row per worker, written only by that worker: column 0 counts its postings, column 1 + s
     counts the postings of worker s it has copied out. An owner reuses a slot only once every
     reader has copied it out; a reader copies a slot only once its owner counted it.
+
+    Whenever a worker waits (for K/V, or for a free slot) it copies out everything already
+    published, each owner's postings in order. So a reader that does not need an owner's blocks
+    yet never holds that owner up, and no two workers can wait for each other. Copying early is
+    safe: every expected posting is of a tick before the reader's next item.
     """
 
     name = "shared_memory"
@@ -166,31 +170,45 @@ class SharedMemoryExchange(_Exchange):
     def _post_one(self, cache, src, owned, frames_per_block, per_block):
         number = self.posted[src]
         self.posted[src] += 1
-        if src == self.rank:
-            slots = self.outboxes[src].shape[0]
-            readers = [r for r in range(self.workers) if r != self.rank]
-            self._wait(lambda: all(self.counters[r, 1 + src] > number - slots for r in readers),
-                       f"workers {readers} to copy out an earlier tick's K/V")
-            _stack_owned(cache, owned, frames_per_block, out=self.outboxes[src][number % slots])
-            self.counters[self.rank, 0] = number + 1
-        return number
+        if src != self.rank:
+            return number
+        slots = self.outboxes[src].shape[0]
+        readers = [r for r in range(self.workers) if r != self.rank]
+        self._wait(cache, frames_per_block, lambda: all(self.counters[r, 1 + src] > number - slots for r in readers),
+                   f"workers {readers} to copy out an earlier tick's K/V")
+        _stack_owned(cache, owned, frames_per_block, out=self.outboxes[src][number % slots])
+        self.counters[self.rank, 0] = number + 1
+        return None  # nothing to receive from oneself
 
-    def _receive_one(self, cache, entry: _Posted, frames_per_block: int) -> None:
-        if entry.src == self.rank:
-            return
-        number, box = entry.handle, self.outboxes[entry.src]
-        self._wait(lambda: self.counters[entry.src, 0] > number, f"worker {entry.src}'s K/V")
-        _write_received(cache, entry.blocks, box[number % box.shape[0]], frames_per_block)
-        self.counters[self.rank, 1 + entry.src] = number + 1
+    def receive(self, cache, frames_per_block: int, below: int | None) -> None:
+        """Copy out published K/V until nothing left carries a block lower than ``below``
+        (everything for ``None``)."""
+        self._wait(cache, frames_per_block,
+                   lambda: not any(entry.needed_below(self.rank, below) for entry in self.pending),
+                   "K/V from the other workers")
 
-    def _wait(self, ready, what: str) -> None:
-        if ready():
-            return
-        deadline = time.monotonic() + self.timeout_s
-        while not ready():
+    def _copy_out_published(self, cache, frames_per_block: int) -> None:
+        waiting_on: set[int] = set()  # owners whose next posting is not published yet
+        kept = []
+        for entry in self.pending:
+            if entry.src in waiting_on or self.counters[entry.src, 0] <= entry.handle:
+                waiting_on.add(entry.src)
+                kept.append(entry)
+                continue
+            box = self.outboxes[entry.src]
+            _write_received(cache, entry.blocks, box[entry.handle % box.shape[0]], frames_per_block)
+            self.counters[self.rank, 1 + entry.src] = entry.handle + 1
+        self.pending = kept
+
+    def _wait(self, cache, frames_per_block: int, done, what: str) -> None:
+        self._copy_out_published(cache, frames_per_block)
+        deadline = None
+        while not done():
+            deadline = deadline or time.monotonic() + self.timeout_s
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker {self.rank} waited {self.timeout_s:.0f} s for {what}")
             time.sleep(POLL_SLEEP_S)
+            self._copy_out_published(cache, frames_per_block)
 
 
 def shared_memory_possible(device: torch.device) -> bool:

@@ -40,7 +40,15 @@ class KVCache:
         shape = (num_layers, batch_size, num_frames * tokens_per_frame, num_heads, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.filled = [False] * num_frames
+        self.geometry = dict(num_layers=num_layers, num_frames=num_frames, tokens_per_frame=tokens_per_frame,
+                             num_heads=num_heads, head_dim=head_dim, batch_size=batch_size, local_window=local_window,
+                             sink_frames=sink_frames, device=self.k.device, dtype=dtype)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every frame and the prompt: as new. Stale K/V stay in memory but are never read,
+        since attention reads filled frames only."""
+        self.filled = [False] * self.num_frames
         self._staged: list[tuple[int, list[int], torch.Tensor, torch.Tensor]] = []
         self.text_source: torch.Tensor | None = None
         self.text_context: torch.Tensor | None = None

@@ -168,21 +168,29 @@ class CausalWanTransformer(WanTransformer3DModel):
         sink_frames: int = 0,
         device=None,
         dtype: torch.dtype | None = None,
+        reuse: KVCache | None = None,
     ) -> KVCache:
-        """An empty cache for a video of ``num_frames`` latent frames of ``height``×``width``."""
-        heads = self.config.num_attention_heads
-        return KVCache(
+        """An empty cache for a video of ``num_frames`` latent frames of ``height``×``width``.
+
+        ``reuse``: a cache no longer needed; if it has the same geometry it is emptied and returned
+        instead of allocating (and page-faulting) a new one.
+        """
+        geometry = dict(
             num_layers=len(self.blocks),
             num_frames=num_frames // self.config.patch_size[0],
             tokens_per_frame=self.tokens_per_frame(height, width),
-            num_heads=heads,
+            num_heads=self.config.num_attention_heads,
             head_dim=self.config.attention_head_dim,
             batch_size=batch_size,
             local_window=local_window,
             sink_frames=sink_frames,
-            device=device if device is not None else self.device,
+            device=torch.device(device if device is not None else self.device),
             dtype=dtype or self.dtype,
         )
+        if reuse is not None and reuse.geometry == geometry:
+            reuse.clear()
+            return reuse
+        return KVCache(**geometry)
 
     def forward(
         self,
