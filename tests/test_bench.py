@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from cascade import bench
 from cascade.service import GenerateRequest
 
@@ -56,3 +58,27 @@ def test_bench_with_bwcache_runs_every_local_row_with_the_cache(tmp_path):
     assert report["bwcache"] == 0.3
     assert [r["name"] for r in report["runs"]] == [v["name"] for v in bench.variants(True, distributed=False)]
     assert report["end_to_end_serial_16_steps_bwcache"]["steps"] == 16
+
+
+def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the_bound():
+    def row(name, executor, threads, x1, x2, cascade=True, recache=True):
+        return dict(name=name, executor=executor, threads=threads, cascade=cascade, recache=recache,
+                    speedup_vs_serial_1_core=x1, speedup_vs_serial_2_cores=x2)
+
+    runs = [
+        row("serial, 2 cores", "local", 2, 1.4, 1.0, cascade=False),
+        row("pool s1", "distributed", 1, 1.8, 1.25),
+        row("pool s2", "distributed", 1, 1.7, 1.30),
+        row("pool no recache", "distributed", 1, 2.2, 1.6, recache=False),
+        row("joint", "local", 2, 1.6, 1.15),
+        row("batched no recache", "batched", 2, 1.9, 1.5, recache=False),
+    ]
+    picked = bench.summary(runs, bound_a=2.0, bound_b=1.25)
+    assert {k: (v["variant"], v["speedup"]) for k, v in picked.items()} == {
+        "paper_same_forwards": ("pool s1", 1.8),
+        "paper_no_recache": ("pool no recache", 2.2),
+        "same_compute": ("pool s2", 1.30),
+        "same_compute_one_device": ("joint", 1.15),
+    }
+    assert picked["paper_same_forwards"]["share_of_bound"] == pytest.approx(0.9)
+    assert picked["same_compute_one_device"]["share_of_bound"] == pytest.approx(1.15 / 1.25)
