@@ -2,17 +2,17 @@
 
 Blocks are owned by workers, block ``b`` by worker ``b mod W``, so a block's latent never moves.
 Every worker walks the whole schedule; in each tick it runs the items of its own blocks, one at
-a time, then the owners broadcast the K/V their items wrote. That serves the context rule of
+a time, then the owners send the K/V their items wrote. That serves the context rule of
 DESIGN.md §2 (an item at tick τ sees the K/V earlier blocks had at the end of τ−1), so the pool
 produces the same video as the local executor. The backend never does math: a worker runs
 ``DenoiseJob.run`` on its own model replica and only moves tensors.
 
-No tick-wide barrier: the broadcasts are posted without waiting, lowest block first, and a worker
+No tick-wide barrier: the sends are posted without waiting, lowest block first, and a worker
 waits only before an item that attends to a block whose K/V are still on their way. Attention is
 block-causal, so the owner of the lowest block in flight never waits for anyone and the others
 wait for one transfer, not for every worker to arrive and for every owner to send. A worker's
-cache then holds exactly the K/V its next item may read: those of lower blocks as of the end of
-the previous tick (later broadcasts are posted only after its own items of this tick).
+cache then holds the K/V its next item may read: those of lower blocks as of the end of the
+previous tick (it expects later sends only after its own items of this tick).
 
 Why K/V and not latents: a block's latent is far smaller than its K/V for all layers, but a
 worker that receives a latent must run the same forward again to get the K/V it needs, so every

@@ -223,7 +223,7 @@ def open_shared_memory_exchange(rank: int, workers: int, per_block, dtype, max_b
     token = [secrets.token_hex(8) if rank == 0 else None]
     dist.broadcast_object_list(token, src=0, group=group)
     prefix = SHARED_MEMORY_DIR / f"cascade-kv-{token[0]}"
-    width = 8 * ((1 + workers + 7) // 8)  # a 64-byte row per worker: no false sharing
+    width = 8 * ((2 + workers + 7) // 8)  # 64-byte rows (no false sharing); the last column holds rank 0's mark
     check = secrets.randbits(62)
     paths = [Path(f"{prefix}-counters")] + [Path(f"{prefix}-{r}") for r in range(workers)]
     numel = RING_SLOTS * max_blocks * torch.Size(per_block).numel()
@@ -239,7 +239,7 @@ def open_shared_memory_exchange(rank: int, workers: int, per_block, dtype, max_b
     dist.all_gather_object(checks, (created, check if rank == 0 else None), group=group)
     ok = all(c for c, _ in checks)
     if ok and rank != 0:
-        # Opening a file another host made would create an empty one here: see that it holds rank 0's mark.
+        # from_file would create an empty file if rank 0's /dev/shm is not this one: look for its mark.
         ok = paths[0].exists() and paths[0].stat().st_size == workers * width * 8
         if ok:
             counters = torch.from_file(str(paths[0]), shared=True, size=workers * width, dtype=torch.int64)
