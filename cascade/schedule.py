@@ -3,10 +3,10 @@
 A work item is one forward of one video block: ``(block, step)`` for step in ``0..T-1``, plus
 optionally ``(block, "recache")``, the extra forward of the clean block at timestep 0 that only
 rewrites its K/V. The last block has no recache: its K/V are never read, so that forward would
-only make every schedule one item longer. A schedule groups all items into ticks; the items of one tick are independent
-and may run in parallel. The serial pipeline and Block Cascading are the same items in a
-different order, so everything downstream (pipeline, executors, timelines) is written once
-against a schedule.
+only make every schedule one item longer. A schedule groups all items into ticks; the items of
+one tick are independent and may run in parallel. The serial pipeline and Block Cascading are
+the same items in a different order, so everything downstream (pipeline, executors, timelines)
+is written once against a schedule.
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ class Schedule:
     @property
     def num_ticks(self) -> int:
         return len(self.ticks)
-
-    @property
-    def items_per_block(self) -> int:
-        """Items of every block but the last (which has no recache)."""
-        return self.num_steps + int(self.recache)
 
     @property
     def num_items(self) -> int:

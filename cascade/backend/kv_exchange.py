@@ -35,15 +35,12 @@ POLL_SLEEP_S = 20e-6
 TSO_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
-def _stack_owned(cache, blocks: list[int], frames_per_block: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The K/V of ``blocks`` as [blocks, 2 (K, V), layers, batch, tokens, heads, dim]."""
-    if out is None:
-        return torch.stack([torch.stack(cache.read_frames(b * frames_per_block, frames_per_block)) for b in blocks])
+def _copy_owned(cache, blocks: list[int], frames_per_block: int, out: torch.Tensor) -> None:
+    """Write the K/V of ``blocks`` into ``out``: [blocks, 2 (K, V), layers, batch, tokens, heads, dim]."""
     for row, b in enumerate(blocks):
         k, v = cache.read_frames(b * frames_per_block, frames_per_block)
         out[row, 0].copy_(k)
         out[row, 1].copy_(v)
-    return out[: len(blocks)]
 
 
 def _write_received(cache, blocks: list[int], payload: torch.Tensor, frames_per_block: int) -> None:
@@ -117,10 +114,9 @@ class BroadcastExchange(_Exchange):
     name = "broadcast"
 
     def _post_one(self, cache, src, owned, frames_per_block, per_block):
+        payload = torch.empty((len(owned), *per_block), dtype=cache.k.dtype, device=cache.device)
         if src == self.rank:
-            payload = _stack_owned(cache, owned, frames_per_block)
-        else:
-            payload = torch.empty((len(owned), *per_block), dtype=cache.k.dtype, device=cache.device)
+            _copy_owned(cache, owned, frames_per_block, out=payload)
         return dist.broadcast(payload, src=src, async_op=True), payload
 
     def receive(self, cache, frames_per_block: int, below: int | None) -> None:
@@ -176,7 +172,7 @@ class SharedMemoryExchange(_Exchange):
         readers = [r for r in range(self.workers) if r != self.rank]
         self._wait(cache, frames_per_block, lambda: all(self.counters[r, 1 + src] > number - slots for r in readers),
                    f"workers {readers} to copy out an earlier tick's K/V")
-        _stack_owned(cache, owned, frames_per_block, out=self.outboxes[src][number % slots])
+        _copy_owned(cache, owned, frames_per_block, out=self.outboxes[src][number % slots])
         self.counters[self.rank, 0] = number + 1
         return None  # nothing to receive from oneself
 
