@@ -19,7 +19,6 @@ a copy of exact bytes, so the exchange never changes a result.
 
 from __future__ import annotations
 
-import os
 import platform
 import secrets
 import time
@@ -247,10 +246,7 @@ def open_shared_memory_exchange(rank: int, workers: int, per_block, dtype, max_b
                  for r in range(workers)]
     dist.barrier(group=group)  # everyone has mapped what it needs: the names can go
     for path in ([paths[0]] if rank == 0 else []) + [paths[1 + rank]]:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
     if not all(verdicts):
         return None
     shape = (RING_SLOTS, max_blocks, *per_block)
