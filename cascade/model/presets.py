@@ -66,9 +66,20 @@ class CascadeModel:
     random_weights: bool
     local_window: int | None = None
     sink_frames: int = 0
+    # A fresh decoder for one video's blocks, fed in block order; it may carry state from one block
+    # to the next (a causal VAE's feature cache). None: ``decode`` is stateless and decodes any block.
+    new_block_decoder: Callable[[], Callable[[torch.Tensor], np.ndarray]] | None = None
+    # The model's world's verdict on a clip against its prompt (scores by name), for models trained
+    # on a world with an automatic judge; None for the others.
+    judge: Callable[[np.ndarray, str], dict] | None = None
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
         return self.text_encoder.encode_prompts(prompts)
+
+    def block_decoder(self) -> Callable[[torch.Tensor], np.ndarray]:
+        """Decodes one video block by block: ``decoder(latents [1, C, F, H, W]) -> uint8 [T, H, W, 3]``;
+        the blocks' frames, concatenated, equal ``decode`` of the whole latent video."""
+        return self.new_block_decoder() if self.new_block_decoder is not None else self.decode
 
 
 def decode_pixels(latents: torch.Tensor) -> np.ndarray:
@@ -137,8 +148,10 @@ def _on(transformer: CausalWanTransformer, device, dtype: torch.dtype) -> Causal
 
 
 def _random_model(name, config, layout, decode, fps, device, dtype, description) -> CascadeModel:
-    torch.manual_seed(0)
-    transformer = _on(CausalWanTransformer(**config), device, dtype)
+    with torch.random.fork_rng(devices=[]):  # the same random weights every time, the caller's RNG untouched
+        torch.manual_seed(0)
+        transformer = CausalWanTransformer(**config)
+    transformer = _on(transformer, device, dtype)
     text = RandomTextEncoder(config["text_dim"], 32, device, dtype)
     sampler = FlowMatchSampler((1000, 750, 500, 250), shift=5.0, warp=True, prediction="flow")
     return CascadeModel(name, description, transformer, text, decode, sampler, layout, fps, random_weights=True)
@@ -171,7 +184,32 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         name=info["name"], description=info["description"], transformer=transformer, text_encoder=text,
         decode=decode_pixels, sampler=sampler, layout=layout, fps=info["fps"], random_weights=False,
         local_window=info.get("local_window"), sink_frames=info.get("sink_frames", 0),
+        judge=_judge_of(info.get("world")),
     )
 
 
-__all__ = ["CascadeModel", "LatentLayout", "ToyTextEncoder", "WordTokenizer", "available_models", "load_model"]
+def _judge_of(world: str | None) -> Callable[[np.ndarray, str], dict] | None:
+    """The automatic judge of the world a model folder says it was trained on (model.json "world")."""
+    if world is None:
+        return None
+    if world == "shapes":
+        from ..toy.analyzer import judge  # deferred: the toy world imports the model, not the reverse
+
+        return judge
+    raise ValueError(f"unknown world {world!r} in model.json (known: shapes)")
+
+
+@dataclass(frozen=True)
+class PresetLoader:
+    """How a pool worker gets its replica: ``load_model(name)`` on its own device (picklable)."""
+
+    name: str
+    dtype: str | None = None  # e.g. "bfloat16"; None: the preset's default
+
+    def __call__(self, device: torch.device) -> torch.nn.Module:
+        dtype = getattr(torch, self.dtype) if self.dtype else None
+        return load_model(self.name, device=device, dtype=dtype).transformer
+
+
+__all__ = ["CascadeModel", "LatentLayout", "PresetLoader", "ToyTextEncoder", "WordTokenizer", "available_models",
+           "load_model"]

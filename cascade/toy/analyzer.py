@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cascade.toy.data import (BACKGROUNDS, COLOURS, REFERENCE_SIZE, SHAPES, SIZE_RANGE_PX,
-                              PromptTarget, shape_inside)
+                              PromptTarget, parse_prompt, shape_inside)
 
 FOREGROUND_DISTANCE = 60.0
 """RGB distance (0..255 scale) from the background above which a pixel is foreground. Object
@@ -364,6 +364,11 @@ def score_clip(analysis: ClipAnalysis, target: PromptTarget) -> dict:
     scores["one_object"] = analysis.one_object
     scores["flicker"] = analysis.flicker
     return scores
+
+
+def judge(frames: np.ndarray, prompt: str) -> dict:
+    """The shapes world's verdict on a generated clip against its prompt (``score_clip`` scores)."""
+    return score_clip(analyze_clip(frames), parse_prompt(prompt))
 
 
 def _wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
