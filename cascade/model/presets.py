@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -72,6 +72,9 @@ class CascadeModel:
     # The model's world's verdict on a clip against its prompt (scores by name), for models trained
     # on a world with an automatic judge; None for the others.
     judge: Callable[[np.ndarray, str], dict] | None = None
+    # Settings this model runs with unless a request says otherwise: GenerateRequest field names
+    # (blocks, steps, window, stride, recache, joint, mode), e.g. a model trained for one schedule.
+    run_defaults: dict = field(default_factory=dict)
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
         return self.text_encoder.encode_prompts(prompts)
