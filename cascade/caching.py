@@ -342,25 +342,42 @@ def bw_cache_stats(transformer: torch.nn.Module, request_id: Hashable) -> dict:
     ``forwards`` counts work items (rows), each ``computed`` or ``reused``; ``reuse_rate`` is
     reused / forwards; ``block_computations`` and ``block_computations_skipped`` count transformer
     blocks run and skipped, ``block_computation_reduction`` is all / run (×);
-    ``indicator`` lists ``[video block, step, ι]`` for every computed step with a predecessor.
+    ``indicator`` lists ``[video block, step, ι]`` for every computed step with a predecessor,
+    by video block and step.
     """
     hook = _head_hook(transformer)
     if hook is None:
         raise ValueError("BWCache is not applied to this transformer")
     stats = hook.state.requests.get(request_id, _RequestStats())
     layers = len(transformer.blocks)
+    counts = {"forwards": stats.forwards, "computed": stats.computed, "reused": stats.reused,
+              "block_computations": stats.computed * layers, "block_computations_skipped": stats.reused * layers,
+              "mixed_forwards": stats.mixed_forwards}
+    indicator = [[block, step, value] for block, step, value in stats.indicator]
+    return _stats(hook.config.threshold, hook.config.interval, counts, indicator)
+
+
+_COUNTS = ("forwards", "computed", "reused", "block_computations", "block_computations_skipped", "mixed_forwards")
+
+
+def merge_bw_cache_stats(reports: list[dict]) -> dict:
+    """One run's ``bw_cache_stats`` from the reports of every transformer that ran part of it
+    (a pool's workers, each caching its own video blocks), as if one transformer had run it all."""
+    if not reports:
+        raise ValueError("no BWCache reports to merge")
+    counts = {key: sum(r[key] for r in reports) for key in _COUNTS}
+    indicator = [entry for r in reports for entry in r["indicator"]]
+    return _stats(reports[0]["threshold"], reports[0]["reuse_interval"], counts, indicator)
+
+
+def _stats(threshold: float, interval: int, counts: dict, indicator: list) -> dict:
     return {
-        "threshold": hook.config.threshold,
-        "reuse_interval": hook.config.interval,
-        "forwards": stats.forwards,
-        "computed": stats.computed,
-        "reused": stats.reused,
-        "reuse_rate": stats.reused / stats.forwards if stats.forwards else 0.0,
-        "block_computations": stats.computed * layers,
-        "block_computations_skipped": stats.reused * layers,
-        "block_computation_reduction": stats.forwards / stats.computed if stats.computed else 1.0,
-        "mixed_forwards": stats.mixed_forwards,
-        "indicator": [[block, step, value] for block, step, value in stats.indicator],
+        "threshold": threshold,
+        "reuse_interval": interval,
+        **counts,
+        "reuse_rate": counts["reused"] / counts["forwards"] if counts["forwards"] else 0.0,
+        "block_computation_reduction": counts["forwards"] / counts["computed"] if counts["computed"] else 1.0,
+        "indicator": sorted(indicator, key=lambda entry: (entry[0], entry[1])),  # by video block, then step
     }
 
 

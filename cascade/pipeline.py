@@ -11,17 +11,22 @@ a schedule and an executor into frames and a timeline.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
+from .caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, merge_bw_cache_stats, remove_bw_cache
 from .model.kv_cache import KVCache
 from .model.presets import LatentLayout
 from .sampling import FlowMatchSampler, item_noise
 from .schedule import Schedule, WorkItem
 
 ProgressFn = Callable[[float, str], None]
+# on_block(block, frames uint8 [T, H, W, 3], seconds since the run started when they were ready)
+FramesFn = Callable[[int, np.ndarray, float], None]
 
 
 @dataclass
@@ -31,6 +36,9 @@ class DenoiseJob:
     ``joint``: the items of one call are consecutive blocks denoised in a single forward with
     bidirectional attention among them (the paper's Figure 2 variant): a different computation,
     not a different executor, so only executors that run a whole tick in one call accept it.
+    ``bwcache``: BWCache's settings for this run; they travel with the job, so whichever
+    transformer runs it (this process's model or a pool worker's replica) gets the hooks for the
+    run (``session``).
     """
 
     transformer: torch.nn.Module
@@ -43,7 +51,24 @@ class DenoiseJob:
     local_window: int | None = None
     sink_frames: int = 0
     request_id: str = "run"
+    bwcache: BWCacheConfig | None = None
     _text_on: dict = field(default_factory=dict, repr=False)
+
+    @contextmanager
+    def session(self):
+        """What a run needs on its transformer: BWCache's hooks, applied for the run and removed
+        after. Yields a dict that holds what they did once the run ends (``{"bwcache": stats}``;
+        empty without the cache). Executors enter it once per run on each transformer they use."""
+        report: dict = {}
+        if self.bwcache is None:
+            yield report
+            return
+        apply_bw_cache(self.transformer, self.bwcache)
+        try:
+            yield report
+            report["bwcache"] = bw_cache_stats(self.transformer, self.request_id)
+        finally:
+            remove_bw_cache(self.transformer)
 
     def new_cache(self, device, reuse: KVCache | None = None) -> KVCache:
         """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits."""
@@ -123,7 +148,7 @@ class DenoiseJob:
 
 @dataclass
 class PipelineOutput:
-    frames: "object"  # uint8 numpy array [T, H, W, 3]
+    frames: np.ndarray  # uint8 [T, H, W, 3]
     latents: torch.Tensor  # [1, C, F, H, W] on the CPU
     schedule: Schedule
     timeline: list
@@ -133,7 +158,39 @@ class PipelineOutput:
     unknown_words: list[str]
     text_s: float
     decode_s: float
+    shown_s: list[float]  # per block: when its decoded frames were ready, on the run's clock
     communication: list = field(default_factory=list)  # per tick and worker, from distributed executors
+    bwcache: dict | None = None  # what BWCache did, merged over every worker; None without it
+
+
+class BlockDecoding:
+    """Decodes each block as the executor hands it on, in block order, and passes its frames on.
+
+    A block's frames are ready when the executor handed the block on plus the time decoding it
+    took: that is when a viewer could first see them (``shown_s``)."""
+
+    def __init__(self, model, on_block: FramesFn | None):
+        self.decode = model.block_decoder()
+        self.on_block = on_block
+        self.frames: list[np.ndarray] = []
+        self.shown_s: list[float] = []
+        self.decode_s = 0.0
+
+    def __call__(self, block: int, latent: torch.Tensor, t: float) -> None:
+        started = time.perf_counter()
+        frames = self.decode(latent)
+        took = time.perf_counter() - started
+        self.decode_s += took
+        self.frames.append(frames)
+        self.shown_s.append(t + took)
+        if self.on_block is not None:
+            self.on_block(block, frames, t + took)
+
+    def finish(self, latents: list[torch.Tensor], end: float) -> np.ndarray:
+        """Decode the blocks the executor did not hand on (a torchrun rank hands on none)."""
+        for block in range(len(self.frames), len(latents)):
+            self(block, latents[block].cpu(), end)
+        return np.concatenate(self.frames)
 
 
 class BlockCausalPipeline:
@@ -151,7 +208,11 @@ class BlockCausalPipeline:
         joint: bool = False,
         progress: ProgressFn | None = None,
         request_id: str = "run",
+        bwcache: BWCacheConfig | None = None,
+        on_block: FramesFn | None = None,
     ) -> PipelineOutput:
+        """``on_block(block, frames, t)`` gets each block's decoded frames as soon as the block is
+        final, in block order; the frames of all blocks together equal decoding the whole video."""
         sampler = self.model.sampler
         if schedule.num_steps != sampler.num_steps:
             sampler = sampler.with_steps(schedule.num_steps)
@@ -162,15 +223,17 @@ class BlockCausalPipeline:
             transformer=self.model.transformer, text=text, sampler=sampler, layout=self.model.layout,
             num_blocks=schedule.num_blocks, seed=seed, joint=joint,
             local_window=self.model.local_window, sink_frames=self.model.sink_frames, request_id=request_id,
+            bwcache=bwcache,
         )
-        result = executor.execute(job, schedule, progress=progress)
-        latents = torch.cat([x.cpu() for x in result.latents], dim=2)
-        started = time.perf_counter()
-        frames = self.model.decode(latents)
-        decode_s = time.perf_counter() - started
+        decoding = BlockDecoding(self.model, on_block)
+        result = executor.execute(job, schedule, progress=progress, on_block=decoding)
+        end = max(entry.end for entry in result.timeline)
+        frames = decoding.finish(result.latents, end)
+        reports = [r["bwcache"] for r in result.session_reports if "bwcache" in r]
         return PipelineOutput(
-            frames=frames, latents=latents, schedule=schedule, timeline=result.timeline,
-            model_calls=result.model_calls, executor=executor.name, workers=executor.workers,
-            unknown_words=unknown[0], text_s=text_s, decode_s=decode_s,
-            communication=list(getattr(result, "communication", [])),
+            frames=frames, latents=torch.cat([x.cpu() for x in result.latents], dim=2), schedule=schedule,
+            timeline=result.timeline, model_calls=result.model_calls, executor=executor.name,
+            workers=executor.workers, unknown_words=unknown[0], text_s=text_s, decode_s=decoding.decode_s,
+            shown_s=decoding.shown_s, communication=result.communication,
+            bwcache=merge_bw_cache_stats(reports) if reports else None,
         )

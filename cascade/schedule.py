@@ -60,6 +60,11 @@ class Schedule:
             steps.append(RECACHE)
         return [WorkItem(block, step) for step in steps]
 
+    def is_final(self, item: WorkItem) -> bool:
+        """Whether ``item`` is its block's last denoising step: the block's x0 is final after it
+        (a recache that may follow only rewrites K/V)."""
+        return item.step == self.num_steps - 1
+
     def as_lists(self) -> list[list[tuple[int, Step]]]:
         """JSON-friendly form: a list of ticks, each a list of ``[block, step]``."""
         return [[(item.block, item.step) for item in tick] for tick in self.ticks]

@@ -1,49 +1,84 @@
-"""What the app and the CLI call: load a model once, run a request, return frames and stats.
+"""The one door: a ``Service`` owns the models, the worker pools and the output folders.
 
-Models and distributed worker pools are created once per process and shared by every request,
-so the serial and the cascaded run of a comparison use the same backend.
+Whoever runs the package creates one (the app at start, the CLI per command, a library user in a
+``with`` block) and every request goes through it::
+
+    with Service() as service:
+        result = service.compare(GenerateRequest(prompt="a red circle moving right"))
+        result.stats["speedup"], result.files["side_by_side.mp4"]
+
+Requests from several threads take turns in arrival order (one run at a time on this machine's
+cores, so timings stay honest and no two runs share a model's hooks or a pool); the time a
+request waited is reported as ``queued_s``, apart from the run's own latency. ``compare`` and
+``generate`` return everything a caller shows: frames, stats, quality and the files they wrote
+into a fresh folder under the output root. ``close()`` stops every pool.
 """
 
 from __future__ import annotations
 
-import atexit
+import json
+import re
+import shutil
+import tempfile
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import metrics
 from .backend import LocalExecutor
-from .caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, remove_bw_cache
-from .model.presets import CascadeModel, default_model_name, load_model
-from .pipeline import BlockCausalPipeline, ProgressFn
+from .backend.rank import KV_EXCHANGES
+from .caching import BWCacheConfig
+from .model.presets import CascadeModel, PresetLoader, default_model_name, load_model
+from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn
 from .schedule import make_schedule
 
 MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
+RUN_LABELS = {"serial": "Serial (block-causal)", "cascade": "Block Cascading"}
+MAX_PROMPT_CHARS = 2000
+# What a request leaves unset and its model does not set (``CascadeModel.run_defaults``).
+FALLBACK_DEFAULTS = dict(blocks=8, window=4, recache=True, joint=False)
+FOLDER_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # what the service names its per-request folders
+WARM_UP_PROMPT = "a red circle moving right"
+
+
+def default_stride(steps: int) -> int:
+    """The default cascade's stride: half of a block's steps. Measured on the bundled model
+    (BENCHMARKS.md), this keeps the analyzer within 3 points of serial at 4 and at 16 steps;
+    a stride of 1 or 2 of 16 steps starts each block from context that is still mostly noise."""
+    return max(1, steps // 2)
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One video: a prompt and how to run it. ``window``/``stride`` apply to cascade mode."""
+    """One video: a prompt and how to run it. ``window``/``stride`` apply to cascade mode.
+
+    Fields left None take the model's own setting (``CascadeModel.run_defaults``), else
+    ``FALLBACK_DEFAULTS``; ``steps`` the model's sampler; ``stride`` ``default_stride(steps)``.
+    """
 
     prompt: str
     mode: str = "serial"
     model: str | None = None
-    blocks: int = 8
+    blocks: int | None = None
     steps: int | None = None
-    window: int = 4
-    stride: int = 2
-    recache: bool = True
-    joint: bool = False
+    window: int | None = None
+    stride: int | None = None
+    recache: bool | None = None
+    joint: bool | None = None
     executor: str = "local"
     workers: int = 2
     seed: int = 0
     threads: int | None = None
     bwcache: bool = False
     bwcache_threshold: float = 0.15
+    kv_exchange: str = "auto"  # distributed: how K/V move between workers (see backend/kv_exchange.py)
 
     @property
     def bwcache_delta(self) -> float | None:
@@ -51,22 +86,54 @@ class GenerateRequest:
         return self.bwcache_threshold if self.bwcache else None
 
     def validate(self) -> None:
-        if not self.prompt or not self.prompt.strip():
+        """Raise ValueError, one clear line, for any value no run could take (before any work)."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError("the prompt is empty")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if self.blocks < 1:
-            raise ValueError(f"blocks must be at least 1, got {self.blocks}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        for name in ("blocks", "steps", "window", "stride", "workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+        if self.kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange must be one of {', '.join(KV_EXCHANGES)}, got {self.kv_exchange!r}")
         if self.joint and self.executor == "distributed":
             raise ValueError("the joint variant runs a tick as one forward on one device: use a local executor")
-        if self.bwcache and self.executor == "distributed":
-            raise ValueError("BWCache runs on local executors only for now: its hooks live on this process's model")
-        if self.bwcache_threshold < 0:
-            raise ValueError(f"bwcache_threshold must be at least 0, got {self.bwcache_threshold}")
+        if not (isinstance(self.bwcache_threshold, (int, float)) and self.bwcache_threshold >= 0):
+            raise ValueError(f"bwcache_threshold must be a number of at least 0, got {self.bwcache_threshold!r}")
+
+    def resolved(self, model: CascadeModel) -> "GenerateRequest":
+        """Every setting made concrete for ``model``; raises ValueError where they do not fit."""
+        chosen = {}
+        for name in ("blocks", "steps", "window", "stride", "recache", "joint"):
+            value = getattr(self, name)
+            chosen[name] = model.run_defaults.get(name, FALLBACK_DEFAULTS.get(name)) if value is None else value
+        request = replace(self, model=self.model or default_model_name(), **chosen)
+        if request.steps is None:
+            request = replace(request, steps=model.sampler.num_steps)
+        if request.stride is None:
+            request = replace(request, stride=min(default_stride(request.steps), request.items_per_block))
+        if request.stride > request.items_per_block:
+            raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
+                             f"{' + recache' if request.recache else ''} = {request.items_per_block}), "
+                             f"got {request.stride}")
+        return request
+
+    @property
+    def items_per_block(self) -> int:
+        return self.steps + int(self.recache)
+
+    def schedule(self):
+        """The schedule this (resolved) request runs: serial, or the cascade of its window and stride."""
+        if self.mode == "serial":
+            return make_schedule(self.blocks, self.steps, recache=self.recache)
+        return make_schedule(self.blocks, self.steps, window=self.window, stride=self.stride, recache=self.recache)
 
 
 @dataclass
@@ -74,69 +141,215 @@ class GenerateResult:
     frames: np.ndarray  # uint8 [T, H, W, 3]
     stats: dict
     unknown_words: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # file name -> path
 
 
-@lru_cache(maxsize=4)
-def get_model(name: str | None = None) -> CascadeModel:
-    """Models are loaded once per process and shared by every request."""
-    return load_model(name or default_model_name())
+@dataclass
+class CompareResult:
+    serial: GenerateResult
+    cascade: GenerateResult
+    stats: dict  # serial, cascade (run stats), speedup, ideal_speedup, counted_as, quality, queued_s
+    files: dict[str, Path] = field(default_factory=dict)
 
 
-_POOLS: dict[tuple, object] = {}
+class FifoLock:
+    """A lock whose waiters get their turn in the order they arrived."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    @contextmanager
+    def turn(self):
+        """Hold the lock; yields the seconds spent waiting for it."""
+        arrived = time.perf_counter()
+        with self._changed:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._changed.wait()
+        try:
+            yield time.perf_counter() - arrived
+        finally:
+            with self._changed:
+                self._serving += 1
+                self._changed.notify_all()
 
 
-def get_executor(kind: str, model_name: str, workers: int = 2, threads: int | None = None, kv_exchange: str = "auto"):
-    """Local executors are cheap to make; a distributed pool is started once and kept."""
-    if kind == "distributed":
-        from .backend.distributed import DistributedExecutor
+class Service:
+    """Models, worker pools and output folders, shared by every request until ``close()``.
 
-        key = (model_name, workers, threads, kv_exchange)
-        if key not in _POOLS:
-            _POOLS[key] = DistributedExecutor(model_name, workers=workers, threads_per_worker=threads,
-                                              kv_exchange=kv_exchange)
-        return _POOLS[key]
-    return LocalExecutor(batched=kind == "batched", threads=threads)
+    ``output_root``: where each request gets its own folder (default: ``cascade`` in the
+    system's temp folder); ``ttl_s``: folders older than this are deleted when a new one is
+    made (None: kept); ``device``: "cpu", "cuda" or "auto" (CUDA when available).
+    """
 
+    def __init__(self, output_root: str | Path | None = None, ttl_s: float | None = None, device: str = "auto"):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+        self.device = device
+        self.output_root = Path(output_root) if output_root else Path(tempfile.gettempdir()) / "cascade"
+        self.ttl_s = ttl_s
+        self._models: dict[str, CascadeModel] = {}
+        self._pools: dict[tuple, object] = {}
+        self._turns = FifoLock()
+        self._closed = False
 
-@atexit.register
-def close_pools() -> None:
-    while _POOLS:
-        _POOLS.popitem()[1].close()
+    def __enter__(self) -> "Service":
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-def generate(request: GenerateRequest, progress: ProgressFn | None = None) -> GenerateResult:
-    request.validate()
-    model = get_model(request.model)
-    executor = get_executor(request.executor, model.name, request.workers, request.threads)
-    return run_on(request, model, executor, progress)
+    def close(self) -> None:
+        """Stop every worker pool (waiting until its processes are gone); final."""
+        with self._turns.turn():
+            self._closed = True
+            while self._pools:
+                self._pools.popitem()[1].close()
 
+    # --- requests ------------------------------------------------------------------------
 
-def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: ProgressFn | None = None) -> GenerateResult:
-    """Run ``request`` on a given executor (``compare`` picks one per side)."""
-    steps = request.steps or model.sampler.num_steps
-    if request.mode == "serial":
-        window, stride = 1, None
-    else:
-        window, stride = request.window, request.stride
-    schedule = make_schedule(request.blocks, steps, window=window, stride=stride, recache=request.recache)
-    request_id = uuid.uuid4().hex
-    with bw_cache(model, request, steps, request_id) as cache_stats:
+    def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
+                 folder: str | Path | None = None, files: bool = True) -> GenerateResult:
+        """One video; ``on_block(mode, block, frames, t)`` gets each block's frames as it is final.
+        Writes ``video.mp4``, ``frames.npy`` and ``stats.json`` into ``folder`` (default: a fresh
+        folder under the output root); ``files=False`` writes nothing (benchmarks, evaluation)."""
+        request.validate()
+        with self._turn() as queued:
+            request, model = self._resolve(request)
+            result = self._run(request, model, self._executor(request, model), progress, on_block)
+            result.stats["queued_s"] = queued
+            if files:
+                result.files = write_generate_files(self._folder(folder), result, model.fps)
+        return result
+
+    def compare(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
+                folder: str | Path | None = None) -> CompareResult:
+        """The same prompt and seed, serial and cascaded, on one backend: both runs, the speedup
+        beside the ideal one, quality, and the files (see ``write_compare_files``).
+
+        Speedup is counted as the Block Cascading paper counts it: on a worker pool the serial run
+        uses one worker of the kind each cascade worker is (on a CPU pool, its cores); on one
+        device both runs use the same executor. ``on_block(run, block, frames, t)``: run is
+        "serial" or "cascade".
+        """
+        request = replace(request, mode="cascade")
+        request.validate()
+        with self._turn() as queued:
+            request, model = self._resolve(request)
+            cascade_executor = self._executor(request, model)
+            serial_executor = (LocalExecutor(self._local_device(), threads=cascade_executor.threads)
+                               if request.executor == "distributed" else cascade_executor)
+            half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
+            serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
+                               on_block)
+            cascade = self._run(request, model, cascade_executor, half(0.5), on_block)
+            stats = comparison_stats(serial, cascade, request, model)
+            stats["queued_s"] = queued
+            result = CompareResult(serial, cascade, metrics.json_safe(stats))
+            result.files = write_compare_files(self._folder(folder), result, model.fps)
+        return result
+
+    def warm_up(self, request: GenerateRequest | None = None) -> None:
+        """Load the model, start the pool and run a short comparison on every executor that
+        ``request`` (default: the default comparison) uses, files included, so that the first
+        request a user makes is timed like every later one. The short run keeps the video's
+        geometry (so pools reuse their K/V caches) and runs one step per block."""
+        request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
+        request.validate()
+        with self._turn():
+            self._resolve(request)  # a request that cannot run fails here, before the warm-up's work
+        short = replace(request, prompt=WARM_UP_PROMPT, steps=1, stride=1)
+        with tempfile.TemporaryDirectory() as folder:
+            self.compare(short, folder=folder)
+
+    # --- inside a turn ---------------------------------------------------------------------
+
+    @contextmanager
+    def _turn(self):
+        with self._turns.turn() as queued:
+            if self._closed:
+                raise RuntimeError("this Service is closed")
+            yield queued
+
+    def _resolve(self, request: GenerateRequest) -> tuple[GenerateRequest, CascadeModel]:
+        model = self._model(request.model)
+        return request.resolved(model), model
+
+    def _model(self, name: str | None) -> CascadeModel:
+        name = name or default_model_name()
+        if name not in self._models:
+            self._models[name] = load_model(name, device=self._local_device())
+        return self._models[name]
+
+    def _local_device(self) -> str:
+        return "cuda:0" if self.device == "cuda" else "cpu"
+
+    def _executor(self, request: GenerateRequest, model: CascadeModel):
+        """Local executors are cheap to make; a pool is started once per setting and kept."""
+        if request.executor != "distributed":
+            return LocalExecutor(self._local_device(), batched=request.executor == "batched", threads=request.threads)
+        from .backend.pool import DistributedExecutor  # deferred: it pulls in multiprocessing set-up
+
+        key = (request.model, request.workers, request.threads, request.kv_exchange)
+        if key not in self._pools:
+            self._pools[key] = DistributedExecutor(PresetLoader(request.model), workers=request.workers,
+                                                   device=self.device, threads_per_worker=request.threads,
+                                                   kv_exchange=request.kv_exchange)
+        return self._pools[key]
+
+    def _run(self, request: GenerateRequest, model: CascadeModel, executor, progress, on_block) -> GenerateResult:
+        schedule = request.schedule()
+        bwcache = BWCacheConfig(request.steps, threshold=request.bwcache_threshold) if request.bwcache else None
+        frames_to = (lambda block, frames, t: on_block(request.mode, block, frames, t)) if on_block else None
         output = BlockCausalPipeline(model)(request.prompt, schedule, executor, seed=request.seed,
-                                           joint=request.joint, progress=progress, request_id=request_id)
+                                            joint=request.joint, progress=progress, request_id=uuid.uuid4().hex,
+                                            bwcache=bwcache, on_block=frames_to)
+        return GenerateResult(frames=output.frames, stats=metrics.json_safe(run_stats(request, model, executor, output)),
+                              unknown_words=output.unknown_words)
+
+    def _folder(self, folder: str | Path | None) -> Path:
+        """``folder`` as given, or a fresh one under the output root (sweeping expired ones)."""
+        if folder is not None:
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        self.output_root.mkdir(parents=True, exist_ok=True)
+        if self.ttl_s is not None:
+            expired = time.time() - self.ttl_s
+            for old in self.output_root.iterdir():
+                if FOLDER_NAME.fullmatch(old.name) and old.is_dir() and old.stat().st_mtime < expired:
+                    shutil.rmtree(old, ignore_errors=True)
+        fresh = self.output_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        fresh.mkdir()
+        return fresh
+
+
+# --- what a run and a comparison report ----------------------------------------------------
+
+
+def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: PipelineOutput) -> dict:
+    """Everything one run reports: its settings, timing (from its timeline and the moments its
+    blocks' frames were ready), forwards, cache reuse, K/V traffic and the timeline itself."""
+    schedule = output.schedule
     frames = output.frames
-    frames_per_block = frames.shape[0] // request.blocks
-    timing = metrics.run_timing(output.timeline, frames_per_block, request.blocks)
-    stats = {
+    timing = metrics.run_timing(output.timeline, frames.shape[0] // schedule.num_blocks, schedule.num_blocks)
+    return {
         "mode": request.mode,
         "model": model.name,
         "random_weights": model.random_weights,
         "prompt": request.prompt,
         "seed": request.seed,
-        "blocks": request.blocks,
-        "steps": steps,
+        "blocks": schedule.num_blocks,
+        "steps": schedule.num_steps,
         "frames": int(frames.shape[0]),
         "height": int(frames.shape[1]),
         "width": int(frames.shape[2]),
+        "fps_video": model.fps,
         "executor": output.executor,
         "workers": output.workers,
         "threads": getattr(executor, "threads", request.threads),
@@ -148,41 +361,29 @@ def run_on(request: GenerateRequest, model: CascadeModel, executor, progress: Pr
         "ticks": schedule.num_ticks,
         "model_calls": output.model_calls,
         **timing,
+        # when a viewer first sees frames: block 0 decoded and handed on (the timeline's figure is
+        # the end of block 0's last forward, which may be a recache after its frames are final)
+        "time_to_first_block_s": output.shown_s[0],
+        "blocks_shown_s": output.shown_s,
         "text_encode_s": output.text_s,
         "decode_s": output.decode_s,
         "unknown_words": output.unknown_words,
-        "bwcache": cache_figures(cache_stats, len(model.transformer.blocks), len(output.timeline)),
+        "bwcache": cache_figures(output.bwcache, len(model.transformer.blocks), len(output.timeline)),
         **communication_figures(output.communication),
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
-    return GenerateResult(frames=frames, stats=metrics.json_safe(stats), unknown_words=output.unknown_words)
 
 
-@contextmanager
-def bw_cache(model: CascadeModel, request: GenerateRequest, steps: int, request_id: str):
-    """BWCache hooks on the shared model for the length of one request; yields its stats dict,
-    filled when the run ends (empty without the cache). Requests are served one at a time."""
-    stats: dict = {}
-    if not request.bwcache:
-        yield stats
-        return
-    apply_bw_cache(model.transformer, BWCacheConfig(steps, threshold=request.bwcache_threshold))
-    try:
-        yield stats
-        stats.update(bw_cache_stats(model.transformer, request_id))
-    finally:
-        remove_bw_cache(model.transformer)
-
-
-def cache_figures(stats: dict, layers: int, items: int) -> dict:
+def cache_figures(stats: dict | None, layers: int, items: int) -> dict:
     """Reuse rate and transformer-block computations done and saved (none without the cache)."""
-    if not stats:
+    if stats is None:
         return {"enabled": False, "reuse_rate": 0.0, "block_computations": items * layers,
                 "block_computations_saved": 0}
     return {"enabled": True, "threshold": stats["threshold"], "reuse_interval": stats["reuse_interval"],
             "reuse_rate": stats["reuse_rate"], "block_computations": stats["block_computations"],
             "block_computations_saved": stats["block_computations_skipped"],
-            "block_computation_reduction": stats["block_computation_reduction"]}
+            "block_computation_reduction": stats["block_computation_reduction"],
+            "indicator": stats["indicator"]}
 
 
 def communication_figures(entries: list) -> dict:
@@ -196,47 +397,76 @@ def communication_figures(entries: list) -> dict:
     return {"communication_s": blocked, "communication_bytes": sent}
 
 
-@dataclass
-class CompareResult:
-    serial: GenerateResult
-    cascade: GenerateResult
-    stats: dict
-
-
-def compare(request: GenerateRequest, progress: ProgressFn | None = None) -> CompareResult:
-    """The same prompt and seed, serial and cascaded, on one backend.
-
-    Speedup is counted as the Block Cascading paper counts it: the serial run uses one worker of
-    the kind each cascade worker is (on a distributed CPU pool, one core), and the worker counts
-    of both sides are in the stats.
-    """
-    request = replace(request, mode="cascade")
-    request.validate()
-    model = get_model(request.model)
-    cascade_executor = get_executor(request.executor, model.name, request.workers, request.threads)
+def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: GenerateRequest,
+                     model: CascadeModel) -> dict:
+    s, c = serial.stats, cascade.stats
     if request.executor == "distributed":
-        serial_executor = LocalExecutor(threads=cascade_executor.threads)
+        counted_as = (f"serial on one worker of the kind each of the {c['workers']} cascade workers is "
+                      f"({c['threads']} thread{'s' if c['threads'] != 1 else ''} each), as the Block Cascading paper counts")
     else:
-        serial_executor = cascade_executor
-    half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
-    serial = run_on(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0))
-    cascade = run_on(request, model, cascade_executor, half(0.5))
-    stats = {
-        "serial": serial.stats,
-        "cascade": cascade.stats,
-        "speedup": serial.stats["latency_s"] / cascade.stats["latency_s"],
-        "ideal_speedup": serial.stats["ticks"] / cascade.stats["ticks"],
+        counted_as = f"both runs on the same {c['executor']} executor on one device"
+    return {
+        "serial": s,
+        "cascade": c,
+        "speedup": s["latency_s"] / c["latency_s"],
+        "ideal_speedup": s["ticks"] / c["ticks"],
+        "counted_as": counted_as,
         "quality": quality(serial.frames, cascade.frames, request.prompt, model),
     }
-    return CompareResult(serial, cascade, metrics.json_safe(stats))
 
 
 def quality(serial: np.ndarray, cascade: np.ndarray, prompt: str, model: CascadeModel) -> dict:
-    """Cascade against serial (PSNR, SSIM) and, for the bundled shapes world, the analyzer's
-    verdict on each against the prompt."""
+    """Cascade against serial (PSNR, SSIM) and, for models whose world has a judge, its verdict
+    on each run against the prompt."""
     figures = {"psnr_db": metrics.psnr(serial, cascade), "ssim": metrics.ssim(serial, cascade)}
-    if not model.random_weights and model.name == "tiny-shapes":
-        from .toy.evaluate import judge
-
-        figures["analyzer"] = {"serial": judge(serial, prompt), "cascade": judge(cascade, prompt)}
+    if model.judge is not None and not model.random_weights:
+        figures["analyzer"] = {"serial": model.judge(serial, prompt), "cascade": model.judge(cascade, prompt)}
     return figures
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def view_scale(height: int) -> int:
+    """Nearest-neighbour upscaling for viewing: a 64-pixel video is shown at 256."""
+    return max(1, 256 // height)
+
+
+def write_generate_files(folder: Path, result: GenerateResult, fps: float) -> dict[str, Path]:
+    from .video import write_mp4  # deferred: moviepy is slow to import
+
+    files = {"video.mp4": write_mp4(result.frames, folder / "video.mp4", fps=fps,
+                                    scale=view_scale(result.frames.shape[1]))}
+    files.update(_write_data(folder, {"frames.npy": result.frames}, result.stats))
+    return files
+
+
+def write_compare_files(folder: Path, result: CompareResult, fps: float) -> dict[str, Path]:
+    """``serial.mp4``, ``cascade.mp4``, the labelled ``side_by_side.mp4``, both runs' frames
+    (``frames_serial.npy``, ``frames_cascade.npy``), ``timeline.json`` (every forward of both
+    runs: run, worker, block, step, start, end) and ``stats.json``."""
+    from .video import write_mp4, write_side_by_side
+
+    runs = {"serial": result.serial, "cascade": result.cascade}
+    scale = view_scale(result.serial.frames.shape[1])
+    files = {f"{name}.mp4": write_mp4(run.frames, folder / f"{name}.mp4", fps=fps, scale=scale)
+             for name, run in runs.items()}
+    labels = tuple(f"{RUN_LABELS[name]} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
+    files["side_by_side.mp4"] = write_side_by_side(result.serial.frames, result.cascade.frames, labels,
+                                                   folder / "side_by_side.mp4", fps=fps, scale=scale)
+    timeline = [{"run": name, **entry} for name, run in runs.items() for entry in run.stats["timeline"]]
+    timeline_path = folder / "timeline.json"
+    timeline_path.write_text(json.dumps(timeline) + "\n")
+    files["timeline.json"] = timeline_path
+    files.update(_write_data(folder, {f"frames_{name}.npy": run.frames for name, run in runs.items()}, result.stats))
+    return files
+
+
+def _write_data(folder: Path, arrays: dict[str, np.ndarray], stats: dict) -> dict[str, Path]:
+    files = {}
+    for name, array in arrays.items():
+        np.save(folder / name, array)
+        files[name] = folder / name
+    (folder / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    files["stats.json"] = folder / "stats.json"
+    return files

@@ -12,30 +12,31 @@ def test_timed_rounds_warm_each_job_then_visit_every_job_per_round(monkeypatch):
     calls = []
     latencies = {"a": iter([9.0, 3.0, 1.0, 2.0]), "b": iter([9.0, 5.0, 7.0, 6.0])}
 
-    def fake_run_on(request, model, executor):
-        calls.append(request.prompt)
-        latency = next(latencies[request.prompt])
-        stats = dict(latency_s=latency, fps=1.0, block_fps=1.0, time_to_first_block_s=0.1, ticks=4, forwards=4,
-                     model_calls=4, workers=1, threads=1, kv_exchange=None)
-        return SimpleNamespace(stats=stats)
+    class FakeService:
+        def generate(self, request, files=True):
+            assert not files
+            calls.append(request.prompt)
+            latency = next(latencies[request.prompt])
+            stats = dict(latency_s=latency, fps=1.0, block_fps=1.0, time_to_first_block_s=0.1, steps=4, ticks=4,
+                         forwards=4, model_calls=4, workers=1, threads=1, kv_exchange=None, bwcache={"enabled": False})
+            return SimpleNamespace(stats=stats)
 
-    monkeypatch.setattr(bench, "run_on", fake_run_on)
-    monkeypatch.setattr(bench, "get_model", lambda name: None)
-    jobs = [(GenerateRequest(prompt="a"), None), (GenerateRequest(prompt="b"), None)]
-    a, b = bench.timed_rounds(jobs, repeats=3)
+    a, b = bench.timed_rounds(FakeService(), [GenerateRequest(prompt="a"), GenerateRequest(prompt="b")], repeats=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3
     assert (a["latency_s"], a["latencies_s"]) == (2.0, [1.0, 2.0, 3.0])  # the warm-up (9 s) is not counted
     assert (b["latency_s"], b["latencies_s"]) == (6.0, [5.0, 6.0, 7.0])
     assert a["communication_share"] is None
 
 
-def test_bench_bwcache_keeps_only_rows_on_this_process():
+def test_bench_has_both_accelerations_on_the_pool_against_plain_serial_at_4_and_16_steps():
     args = bench_args(["--bwcache", "--bwcache-threshold", "0.3"])
     assert (args.bwcache, args.bwcache_threshold) == (True, 0.3)
-    rows = bench.variants(quick=False, distributed=False)
-    assert rows and all(row["executor"] != "distributed" for row in rows)
-    assert [r for r in bench.variants(quick=False) if r["executor"] != "distributed"] == rows
-    assert any(r["executor"] == "distributed" for r in bench.variants(quick=True))
+    rows = bench.variants(quick=True)
+    both = [r for r in rows if r["changes"].get("bwcache")]
+    assert [r["changes"].get("steps") for r in both] == [None, 16]
+    assert all(r["executor"] == "distributed" and r["threads"] == 1 and r["changes"]["mode"] == "cascade" for r in both)
+    serial = {r["changes"].get("steps") for r in rows if r["name"].startswith("serial, 1 core")}
+    assert serial == {None, 16}
 
 
 def bench_args(extra):
@@ -46,7 +47,7 @@ def bench_args(extra):
     return parser.parse_args(["--json", "out.json", *extra])
 
 
-def test_bench_with_bwcache_runs_every_local_row_with_the_cache(tmp_path):
+def test_bench_with_bwcache_runs_every_row_with_the_cache(tmp_path):
     import json
 
     from cascade.__main__ import main
@@ -56,8 +57,14 @@ def test_bench_with_bwcache_runs_every_local_row_with_the_cache(tmp_path):
                  "--blocks", "2", "--prompts", "1", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["bwcache"] == 0.3
-    assert [r["name"] for r in report["runs"]] == [v["name"] for v in bench.variants(True, distributed=False)]
+    assert [r["name"] for r in report["runs"]] == [v["name"] for v in bench.variants(True)]
+    assert all(r["bwcache"]["enabled"] for r in report["runs"])
     assert report["end_to_end_serial_16_steps_bwcache"]["steps"] == 16
+    (both_16,) = [p for p in report["summary"]["both_accelerations"] if p["steps"] == 16]
+    row = next(r for r in report["runs"] if r["name"] == both_16["variant"])
+    serial_16 = next(r for r in report["runs"] if r["name"] == "serial, 1 core, 16 steps")
+    assert both_16["speedup"] == serial_16["latency_s"] / row["latency_s"]
+    assert both_16["product_bound"] == (serial_16["ticks"] / row["ticks"]) * row["bwcache"]["block_computation_reduction"]
 
 
 def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the_bound():
@@ -72,8 +79,12 @@ def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the
         row("pool no recache", "distributed", 1, 2.2, 1.6, recache=False),
         row("joint", "local", 2, 1.6, 1.15),
         row("batched no recache", "batched", 2, 1.9, 1.5, recache=False),
+        {**row("both at 16 steps", "distributed", 1, 3.5, None), "steps": 16, "product_bound": 4.0,
+         "share_of_product_bound": 0.875},
     ]
     picked = bench.summary(runs, bound_a=2.0, bound_b=1.25)
+    assert picked.pop("both_accelerations") == [
+        {"variant": "both at 16 steps", "steps": 16, "speedup": 3.5, "product_bound": 4.0, "share_of_bound": 0.875}]
     assert {k: (v["variant"], v["speedup"]) for k, v in picked.items()} == {
         "paper_same_forwards": ("pool s1", 1.8),
         "paper_no_recache": ("pool no recache", 2.2),

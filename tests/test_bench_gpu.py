@@ -3,6 +3,7 @@ with torch.cuda's calls stood in for. No timing is asserted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -109,6 +110,9 @@ class _FakeJob:
 
     def run(self, items, inputs, cache):
         return list(inputs)
+
+    def session(self):
+        return contextlib.nullcontext({})
 
 
 @pytest.mark.parametrize("batched", [False, True])

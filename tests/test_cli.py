@@ -1,8 +1,10 @@
 """The command line, in process, on the random-weight plumbing model."""
 
 import json
+import time
 
 import numpy as np
+import pytest
 
 from cascade.__main__ import main
 
@@ -35,9 +37,30 @@ def test_serial_mode_ignores_window_and_counts_serial_ticks(tmp_path):
     assert (stats["window"], stats["ticks"], stats["forwards"], stats["executor"]) == (1, 4, 4, "batched")
 
 
+BAD_VALUES = [
+    (["--blocks", "0"], "blocks must be a whole number of at least 1, got 0"),
+    (["--steps", "0"], "steps must be a whole number of at least 1, got 0"),
+    (["--window", "0"], "window must be a whole number of at least 1, got 0"),
+    (["--stride", "0"], "stride must be a whole number of at least 1, got 0"),
+    (["--stride", "9", "--steps", "4"], "stride must be at most the items per block (4 steps + recache = 5), got 9"),
+    (["--bwcache", "--bwcache-threshold", "nan"], "bwcache_threshold must be a number of at least 0, got nan"),
+    (["--bwcache", "--bwcache-threshold", "-1"], "bwcache_threshold must be a number of at least 0, got -1.0"),
+    (["--executor", "distributed", "--workers", "999"], "999 CPU workers need 999 cores; this machine has"),
+]
+
+
+@pytest.mark.parametrize("command", [["generate", "--mode", "cascade"], ["compare"]], ids=["generate", "compare"])
+@pytest.mark.parametrize("options, message", BAD_VALUES)
+def test_bad_values_fail_with_one_clear_line_before_any_work(tmp_path, capsys, command, options, message):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert main([*command, "--prompt", "x", "--model", "random-tiny", *options, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert time.monotonic() - started < 10 and not out.exists()
+
+
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
-    assert main(["generate", "--prompt", "x", "--model", "random-tiny", "--blocks", "0", "--out", str(tmp_path)]) == 2
-    assert "blocks must be at least 1" in capsys.readouterr().err
     assert main(["generate", "--prompt", "  ", "--model", "random-tiny", "--out", str(tmp_path)]) == 2
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
@@ -45,29 +68,28 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 
 
 def test_compare_on_a_worker_pool_writes_both_runs_and_counts_speedup_as_the_paper(tmp_path):
-    from cascade.service import close_pools
-
-    try:
-        code = main(["compare", "--prompt", "a green square moving up", "--model", "random-tiny", "--blocks", "3",
-                     "--steps", "2", "--window", "2", "--stride", "1", "--executor", "distributed", "--workers", "2",
-                     "--threads", "1", "--out", str(tmp_path)])
-    finally:
-        close_pools()
+    code = main(["compare", "--prompt", "a green square moving up", "--model", "random-tiny", "--blocks", "3",
+                 "--steps", "2", "--window", "2", "--stride", "1", "--executor", "distributed", "--workers", "2",
+                 "--threads", "1", "--out", str(tmp_path)])
     assert code == 0
     for name in ("serial.mp4", "cascade.mp4", "side_by_side.mp4"):
         assert (tmp_path / name).stat().st_size > 0
     serial, cascade = np.load(tmp_path / "frames_serial.npy"), np.load(tmp_path / "frames_cascade.npy")
     assert serial.shape == cascade.shape == (9, 64, 64, 3)
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert set(stats) == {"serial", "cascade", "speedup", "ideal_speedup", "quality"}
+    assert set(stats) == {"serial", "cascade", "speedup", "ideal_speedup", "counted_as", "quality", "queued_s"}
     # the serial side runs on one worker of the kind each cascade worker is: one core
     assert (stats["serial"]["workers"], stats["serial"]["threads"], stats["serial"]["executor"]) == (1, 1, "local")
     assert (stats["cascade"]["workers"], stats["cascade"]["executor"]) == (2, "distributed")
+    assert "one worker of the kind each of the 2 cascade workers is" in stats["counted_as"]
     assert {e["worker"] for e in stats["cascade"]["timeline"]} == {0, 1}
     assert stats["ideal_speedup"] == stats["serial"]["ticks"] / stats["cascade"]["ticks"]
     assert stats["speedup"] == stats["serial"]["latency_s"] / stats["cascade"]["latency_s"]
     assert stats["cascade"]["communication_bytes"] > 0
     assert {"psnr_db", "ssim"} <= set(stats["quality"])
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert [e for e in timeline if e["run"] == "cascade"] == [{"run": "cascade", **e} for e in stats["cascade"]["timeline"]]
+    assert {tuple(sorted(e)) for e in timeline} == {("block", "end", "run", "start", "step", "worker")}
 
 
 def test_bwcache_option_reports_reuse_and_threshold_zero_changes_nothing(tmp_path):
@@ -86,10 +108,17 @@ def test_bwcache_option_reports_reuse_and_threshold_zero_changes_nothing(tmp_pat
     assert forced["bwcache"]["block_computations"] + saved == 16 * 6
 
 
-def test_bwcache_on_a_worker_pool_is_refused_clearly(tmp_path, capsys):
-    assert main(["generate", "--prompt", "x", "--model", "random-tiny", "--executor", "distributed", "--bwcache",
-                 "--out", str(tmp_path)]) == 2
-    assert "BWCache runs on local executors" in capsys.readouterr().err
+def test_bwcache_on_a_worker_pool_gives_the_frames_of_the_local_run(tmp_path):
+    common = ["generate", "--prompt", "a red circle moving right", "--mode", "cascade", "--blocks", "3",
+              "--steps", "16", "--bwcache", "--bwcache-threshold", "0.3", "--threads", "1"]
+    assert main([*common, "--executor", "distributed", "--workers", "2", "--out", str(tmp_path / "pool")]) == 0
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    pool, local = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("pool", "local"))
+    assert pool["model"] == "tiny-shapes" and pool["executor"] == "distributed"
+    assert 0 < pool["bwcache"]["reuse_rate"] == local["bwcache"]["reuse_rate"] < 1
+    assert np.allclose(pool["bwcache"]["indicator"], local["bwcache"]["indicator"], atol=1e-4)
+    frames = [np.load(tmp_path / d / "frames.npy").astype(int) for d in ("pool", "local")]
+    assert np.abs(frames[0] - frames[1]).max() <= 1
 
 
 def test_eval_scores_held_out_clips_and_records_the_cache(tmp_path):
@@ -98,6 +127,6 @@ def test_eval_scores_held_out_clips_and_records_the_cache(tmp_path):
                  "--steps", "2", "--bwcache", "--bwcache-threshold", "0.2", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 4, 2, 0.2)
+    assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 4, 1, 0.2)
     assert report["prompts"] == len(report["items"]) == 2
     assert {"colour", "shape", "motion", "one_object"} <= set(report["summary"])

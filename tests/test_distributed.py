@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from cascade.backend import LocalExecutor
-from cascade.backend.distributed import DistributedExecutor, owner
-from cascade.backend.kv_exchange import RING_SLOTS, shared_memory_possible
+from cascade.backend.kv_exchange import RING_SLOTS, owner, shared_memory_possible
+from cascade.backend.pool import DistributedExecutor
+from cascade.caching import BWCacheConfig, bw_cache_stats
 from cascade.model import CausalWanTransformer
-from cascade.model.presets import TINY, load_model
+from cascade.model.presets import TINY, PresetLoader, load_model
 from cascade.pipeline import BlockCausalPipeline, DenoiseJob
 from cascade.schedule import make_schedule
 
@@ -38,6 +39,7 @@ SCHEDULES = {
     "serial-more-steps-than-ring-slots": make_schedule(BLOCKS, RING_SLOTS + 2),
 }
 SHARED_MEMORY = shared_memory_possible(torch.device("cpu"))
+LOADER = PresetLoader("random-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def pool():
-    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1) as executor:
+    with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1) as executor:
         yield executor
 
 
@@ -96,18 +98,56 @@ def test_pool_equals_local_executor(model, pool, name):
         assert all(end <= e.start for end in context)
 
 
+# BWCache thresholds on random-tiny's indicator (1.09-1.29 and 1.33-1.36 at 8 steps): one in the
+# gap, which reuses some steps and computes others, and one that forces reuse wherever the rules allow.
+BWCACHE_THRESHOLDS = (1.31, float("inf"))
+
+
+@pytest.mark.parametrize("threshold", BWCACHE_THRESHOLDS)
+@pytest.mark.parametrize("name", ["serial", "cascade-window2-recache"])
+def test_bwcache_gives_the_same_frames_and_reuse_decisions_on_every_executor(model, pool, name, threshold):
+    schedule = make_schedule(BLOCKS, 8) if name == "serial" else make_schedule(BLOCKS, 8, window=2, stride=1)
+    config = BWCacheConfig(8, threshold=threshold)
+    runs = {executor.name: generate(model, schedule, executor, bwcache=config)
+            for executor in (LocalExecutor(threads=1), LocalExecutor(batched=True, threads=1), pool)}
+    local = runs["local"]
+    decisions = [(e[0], e[1]) for e in local.bwcache["indicator"]]
+    assert 0 < local.bwcache["reused"] < local.bwcache["forwards"]
+    for name, run in runs.items():
+        assert (run.latents - local.latents).abs().max().item() <= 1e-4, name
+        for key in ("forwards", "computed", "reused", "block_computations_skipped"):
+            assert run.bwcache[key] == local.bwcache[key], (name, key)
+        assert [(e[0], e[1]) for e in run.bwcache["indicator"]] == decisions, name
+        assert np.allclose([e[2] for e in run.bwcache["indicator"]], [e[2] for e in local.bwcache["indicator"]],
+                           atol=1e-4), name
+    with pytest.raises(ValueError, match="not applied"):  # the hooks are gone after the run
+        bw_cache_stats(model.transformer, "any")
+
+
+@pytest.mark.parametrize("name", ["serial", "cascade-window2-recache"])
+def test_pool_hands_on_every_block_in_order_as_it_finishes(model, pool, name):
+    schedule = SCHEDULES[name]
+    handed = []
+    out = generate(model, schedule, pool, on_block=lambda block, frames, t: handed.append((block, frames, t)))
+    assert [block for block, _, _ in handed] == list(range(BLOCKS))
+    assert np.array_equal(np.concatenate([frames for _, frames, _ in handed]), model.decode(out.latents))
+    assert [t for _, _, t in handed] == sorted(t for _, _, t in handed) == out.shown_s
+    last_step_end = max(e.end for e in out.timeline if e.block == 0 and e.step == STEPS - 1)
+    assert handed[0][2] >= last_step_end
+
+
 def test_pool_on_one_host_exchanges_kv_through_shared_memory(pool):
     assert pool.kv_exchange == ("shared_memory" if SHARED_MEMORY else "broadcast")
 
 
 def test_broadcast_exchange_gives_the_same_video(model):
     schedule = SCHEDULES["cascade-window2-recache"]
-    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1, kv_exchange="broadcast") as pool:
+    with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1, kv_exchange="broadcast") as pool:
         out = generate(model, schedule, pool)
         assert pool.kv_exchange == "broadcast"
     assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="kv_exchange"):
-        DistributedExecutor("random-tiny", kv_exchange="carrier-pigeon")
+        DistributedExecutor(LOADER, kv_exchange="carrier-pigeon")
 
 
 def test_owners_far_ahead_of_their_readers_never_deadlock(model):
@@ -116,7 +156,7 @@ def test_owners_far_ahead_of_their_readers_never_deadlock(model):
     stopped copying out, both would end up waiting for the other to free a slot (this schedule
     did that before waiting workers drained what was published); now it must finish."""
     schedule = make_schedule(3, 3 * RING_SLOTS, window=2, stride=1)
-    with DistributedExecutor("random-tiny", workers=WORKERS, threads_per_worker=1, collective_timeout_s=30) as pool:
+    with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1, collective_timeout_s=30) as pool:
         out = generate(model, schedule, pool)
     assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
 
@@ -192,7 +232,7 @@ def test_torchrun_generates_the_same_video(model, tmp_path):
     schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORKERS}",
-        "-m", "cascade.backend.distributed", "--model", "random-tiny", "--prompt", PROMPT,
+        "-m", "cascade.torchrun", "--model", "random-tiny", "--prompt", PROMPT,
         "--blocks", str(BLOCKS), "--steps", str(STEPS), "--window", "2", "--stride", "1",
         "--seed", str(SEED), "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
     ]
@@ -216,7 +256,7 @@ import numpy as np
 import torch.distributed as dist
 
 from cascade.backend import kv_exchange
-from cascade.backend.distributed import RankExecutor
+from cascade.backend.rank import RankExecutor
 from cascade.model.presets import load_model
 from cascade.pipeline import BlockCausalPipeline
 from cascade.schedule import make_schedule

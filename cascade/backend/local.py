@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from ..schedule import Schedule
-from .base import ExecutionResult, TimelineEntry, report_progress
+from .base import BlockFn, BlockHandOff, ExecutionResult, TimelineEntry, report_progress
 
 
 @contextmanager
@@ -41,17 +41,21 @@ class LocalExecutor:
         self.threads = threads
         self.name = "batched" if batched else "local"
 
-    def execute(self, job, schedule: Schedule, progress=None) -> ExecutionResult:
-        with torch_threads(self.threads):
-            return self._execute(job, schedule, progress)
+    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None) -> ExecutionResult:
+        """Run every item of ``schedule``; ``on_block`` gets each block as soon as it is final."""
+        with torch_threads(self.threads), job.session() as report:
+            result = self._execute(job, schedule, progress, on_block)
+        result.session_reports = [report]
+        return result
 
-    def _execute(self, job, schedule: Schedule, progress) -> ExecutionResult:
+    def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
         cache = job.new_cache(self.device)
         current = {}
         timeline: list[TimelineEntry] = []
         calls = 0
         self._synchronize()
         t0 = time.perf_counter()
+        blocks = BlockHandOff(on_block, lambda: time.perf_counter() - t0)
         for tick_index, tick in enumerate(schedule.ticks):
             for item in tick:
                 if item.block not in current:
@@ -66,6 +70,9 @@ class LocalExecutor:
                 for item, out in zip(group, outputs):
                     current[item.block] = out
                     timeline.append(TimelineEntry(item.block, item.step, 0, start, end))
+                for item in group:
+                    if schedule.is_final(item):
+                        blocks.finished(item.block, current[item.block])
             cache.commit()
             report_progress(progress, tick_index, schedule)
         latents = [current[b] for b in range(schedule.num_blocks)]

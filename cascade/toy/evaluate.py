@@ -14,23 +14,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..service import GenerateRequest, generate
+from ..service import GenerateRequest, Service
 from . import data
-from .analyzer import aggregate, analyze_clip, score_clip
+from .analyzer import aggregate, judge
 
 
-def judge(frames, prompt: str) -> dict:
-    """Analyzer scores of one generated clip against its prompt."""
-    return score_clip(analyze_clip(frames), data.parse_prompt(prompt))
-
-
-def evaluate(request: GenerateRequest, prompts: int, seed: int = 0, progress=None) -> dict:
+def evaluate(service: Service, request: GenerateRequest, prompts: int, seed: int = 0, progress=None) -> dict:
     """Generate the first ``prompts`` held-out items with ``request``'s settings and score them."""
     items = data.eval_set(prompts, seed)
     results = []
     started = time.perf_counter()
     for index, item in enumerate(items):
-        run = generate(replace(request, prompt=item.prompt, seed=item.seed))
+        run = service.generate(replace(request, prompt=item.prompt, seed=item.seed), files=False)
         scores = judge(run.frames, item.prompt)
         results.append({"prompt": item.prompt, "seed": item.seed, **scores, "latency_s": run.stats["latency_s"]})
         if progress is not None:
@@ -39,12 +34,12 @@ def evaluate(request: GenerateRequest, prompts: int, seed: int = 0, progress=Non
     return {
         "model": run.stats["model"],
         "mode": request.mode,
-        "blocks": request.blocks,
+        "blocks": run.stats["blocks"],
         "steps": run.stats["steps"],
         "window": run.stats["window"],
         "stride": run.stats["stride"],
-        "recache": request.recache,
-        "joint": request.joint,
+        "recache": run.stats["recache"],
+        "joint": run.stats["joint"],
         "bwcache": request.bwcache_delta,
         "prompts": len(items),
         "eval_seed": seed,
@@ -59,26 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--prompts", type=int, default=96, help="held-out prompt/seed pairs to generate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out set")
-    parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--blocks", type=int, default=GenerateRequest.blocks)
+    parser.add_argument("--steps", type=int, default=GenerateRequest.steps)
+    parser.add_argument("--window", type=int, default=GenerateRequest.window)
     parser.add_argument("--stride", type=int, default=GenerateRequest.stride)
-    parser.add_argument("--no-recache", action="store_true")
-    parser.add_argument("--joint", action="store_true")
-    parser.add_argument("--bwcache", action="store_true", help="run with BWCache (local executor)")
+    parser.add_argument("--no-recache", dest="recache", action="store_const", const=False, default=GenerateRequest.recache)
+    parser.add_argument("--joint", action="store_const", const=True, default=GenerateRequest.joint)
+    parser.add_argument("--executor", choices=("local", "batched"), default=GenerateRequest.executor,
+                        help="batched: a tick's items in one forward (faster; the frames do not depend on it)")
+    parser.add_argument("--bwcache", action="store_true", help="run with BWCache")
     parser.add_argument("--bwcache-threshold", type=float, default=GenerateRequest.bwcache_threshold)
     parser.add_argument("--json", required=True, type=Path, help="where to write the results")
 
 
 def main(args: argparse.Namespace) -> int:
     request = GenerateRequest(prompt="-", mode=args.mode, model=args.model, blocks=args.blocks, steps=args.steps,
-                              window=args.window, stride=args.stride, recache=not args.no_recache, joint=args.joint,
-                              bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold)
+                              window=args.window, stride=args.stride, recache=args.recache, joint=args.joint,
+                              executor=args.executor, bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold)
 
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} clips", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    report = evaluate(request, args.prompts, args.seed, progress)
+    with Service() as service:
+        report = evaluate(service, request, args.prompts, args.seed, progress)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
     summary = report["summary"]

@@ -1,0 +1,375 @@
+"""The application's worker pool: W processes, one per device, started once and shared by every run.
+
+Each worker loads its replica once from a picklable loader handed in by the caller (the backend
+names no model), joins a torch.distributed group and runs ``RankExecutor`` (``rank.py``) on
+every job it is sent. Runs are sent over a control queue (a small job description: prompt
+embedding, sampler, layout, seed, cache settings); the K/V exchange goes through
+torch.distributed or shared memory. A worker that dies or fails turns into a RuntimeError for
+the run within about a second, and the pool is started afresh for the next run. Workers are
+forked from a forkserver that has imported torch, this module and the loader's module, so a pool
+restarts in a second or two instead of importing torch afresh in every worker as spawned
+processes would; the forkserver touches no device (CUDA is safe in its children) and lives as
+long as the application. Blocks reach the parent as they finish, so a caller can show them while
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..schedule import Schedule
+from .base import BlockFn, BlockHandOff, ExecutionResult
+from .fingerprint import same_fingerprint, weight_fingerprint
+from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor, refuse_joint
+
+POLL_S = 0.1  # how often the parent looks at its workers while it waits
+FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
+START_TIMEOUT_S = 600.0  # starting the workers, importing torch and loading a replica
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, which containers often narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class _WorkerConfig:
+    rank: int
+    workers: int
+    store_port: int
+    backend: str
+    device: str
+    threads: int | None
+    loader: Callable[[torch.device], torch.nn.Module]
+    collective_timeout_s: float
+    kv_exchange: str
+
+
+def _worker_main(config: _WorkerConfig, commands, results) -> None:
+    """A pool worker: join the group, load the replica, then run jobs until told to stop.
+
+    Any failure is reported on ``results`` and ends the process: its peers may be stuck in a
+    collective with it, so the parent replaces the whole pool rather than patch it.
+    """
+    rank = config.rank
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = torch.device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        timeout = timedelta(seconds=config.collective_timeout_s)
+        store = dist.TCPStore("127.0.0.1", config.store_port, config.workers, is_master=False, timeout=timeout)
+        dist.init_process_group(config.backend, store=store, rank=rank, world_size=config.workers, timeout=timeout)
+        replica = config.loader(device)
+        executor = RankExecutor(device, config.kv_exchange, config.collective_timeout_s)
+        results.put(("ready", rank, weight_fingerprint(replica), executor.kv_exchange))
+        parent = multiprocessing.parent_process()
+        while True:
+            try:
+                command = commands.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    break  # orphaned: nobody will ever send another run
+                continue
+            if command is None:
+                break
+            run_id, spec, schedule, origin = pickle.loads(command)
+            job = dataclasses.replace(spec, transformer=replica)
+            progress = _forward_progress(results, run_id) if rank == 0 else None
+            # checked: the parent compared the job's weights with the replicas (identical since the
+            # start) and sent every worker the same prompt embedding
+            result = executor.execute(job, schedule, progress=progress, clock_origin=origin, checked=True,
+                                      on_own_block=_forward_block(results, run_id))
+            if rank == 0:
+                results.put(("done", run_id, result))
+        dist.destroy_process_group()
+    except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
+        detail = "".join(traceback.format_exception(error)).rstrip()
+        results.put(("error", rank, f"{type(error).__name__}: {error}", detail))
+        _exit_now(1, results)
+    _exit_now(0, results)
+
+
+def _forward_progress(results, run_id: int):
+    """Rank 0 tells the parent when a tick is done on every worker."""
+    return lambda fraction, message: results.put(("progress", run_id, fraction, message))
+
+
+def _forward_block(results, run_id: int):
+    """A worker tells the parent as soon as one of its blocks is final (plain pickle: a torch queue
+    would make a shared-memory segment per tensor)."""
+    return lambda block, latent, _t: results.put(("block", run_id, block, pickle.dumps(latent)))
+
+
+def _exit_now(code: int, results) -> None:
+    """Leave without the interpreter's teardown, which takes seconds once torch is loaded in a
+    started process and has nothing left to clean up once our messages are flushed."""
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@dataclass
+class _Pool:
+    """One generation of workers; replaced as a whole after any failure."""
+
+    processes: list
+    commands: list
+    results: object
+    store: dist.TCPStore
+    fingerprint: list
+
+
+class DistributedExecutor:
+    """A pool of ``workers`` processes, one per device, shared by every run until ``close()``.
+
+    ``loader``: a picklable callable ``loader(device) -> transformer`` (``PresetLoader`` in
+    ``cascade.model.presets`` loads a named model); each worker loads its replica once.
+    A run's model must have the same weights (checked per run). ``device``: ``"cpu"`` (gloo,
+    cores split: ``threads_per_worker`` each, default all cores / workers) or ``"cuda"``
+    (NCCL, worker i on ``cuda:i``). Runs are served one at a time, in the order they arrive.
+    ``kv_exchange``: "auto" (shared memory for a CPU pool on x86-64, else broadcasts),
+    "shared_memory" or "broadcast"; ``self.kv_exchange`` says which the workers use.
+    """
+
+    name = "distributed"
+
+    def __init__(
+        self,
+        loader: Callable[[torch.device], torch.nn.Module],
+        workers: int = 2,
+        device: str = "cpu",
+        threads_per_worker: int | None = None,
+        collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
+        start_timeout_s: float = START_TIMEOUT_S,
+        kv_exchange: str = "auto",
+    ):
+        if kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cpu" and workers > usable_cores():
+            raise ValueError(f"{workers} CPU workers need {workers} cores; this machine has {usable_cores()}")
+        if device == "cuda" and workers > torch.cuda.device_count():
+            raise ValueError(f"{workers} workers need {workers} GPUs, {torch.cuda.device_count()} visible")
+        self.workers = workers
+        self.device = device
+        self.loader = loader
+        if device == "cpu":
+            self.threads = threads_per_worker or max(1, usable_cores() // workers)
+        else:
+            self.threads = threads_per_worker
+        self.collective_timeout_s = collective_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.requested_kv_exchange = kv_exchange
+        self.kv_exchange: str | None = None  # what the workers chose, once started
+        self._pool: _Pool | None = None
+        self._closed = False
+        self._run_id = 0
+        self._job_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.RLock()  # one run, start or close at a time
+        self.start()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers (if not running) and wait until each has loaded an identical replica."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this DistributedExecutor is closed")
+            if self._pool is None:
+                self._start()
+
+    def _start(self) -> None:
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([__name__, type(self.loader).__module__])
+        store = dist.TCPStore("127.0.0.1", 0, self.workers, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=self.collective_timeout_s))
+        results = context.Queue()
+        commands = [context.Queue() for _ in range(self.workers)]
+        backend = "nccl" if self.device == "cuda" else "gloo"
+        processes = []
+        for rank in range(self.workers):
+            config = _WorkerConfig(rank, self.workers, store.port, backend, self._worker_device(rank),
+                                   self.threads, self.loader, self.collective_timeout_s, self.requested_kv_exchange)
+            process = context.Process(target=_worker_main, args=(config, commands[rank], results),
+                                      name=f"cascade-worker-{rank}", daemon=True)
+            process.start()
+            processes.append(process)
+        self._pool = _Pool(processes, commands, results, store, fingerprint=[])
+        fingerprints = {}
+        deadline = time.monotonic() + self.start_timeout_s
+        while len(fingerprints) < self.workers:
+            message = self._next_message(deadline, "start")
+            if message[0] == "ready":
+                _, rank, fingerprints[rank], self.kv_exchange = message
+        for rank, fingerprint in fingerprints.items():
+            if not same_fingerprint(fingerprint, fingerprints[0]):
+                self._stop()
+                raise RuntimeError(f"distributed worker {rank} loaded different weights than worker 0 "
+                                   f"from {self.loader!r}: a loader must be deterministic")
+        self._pool.fingerprint = fingerprints[0]
+
+    def close(self) -> None:
+        """Stop the workers (politely, then by force) and wait until they are gone; final."""
+        with self._lock:
+            self._closed = True
+            self._stop(polite=True)
+
+    def __enter__(self) -> "DistributedExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._pool.processes] if self._pool else []
+
+    def _describe_worker(self, pool: _Pool, rank: int) -> str:
+        return f"worker {rank} (pid {pool.processes[rank].pid}, {self._worker_device(rank)})"
+
+    def _worker_device(self, rank: int) -> str:
+        return f"cuda:{rank}" if self.device == "cuda" else "cpu"
+
+    def _stop(self, polite: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if polite:
+            for command_queue, process in zip(pool.commands, pool.processes):
+                if process.is_alive():
+                    command_queue.put(None)
+            for process in pool.processes:
+                process.join(timeout=10)
+        for process in pool.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=10)
+        for q in [*pool.commands, pool.results]:
+            q.cancel_join_thread()
+            q.close()
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None) -> ExecutionResult:
+        """Run ``job`` on the pool (started afresh if an earlier run failed); ``on_block`` gets
+        every block, in block order, as soon as its owner reports it final.
+
+        Raises ValueError for a joint job or a model whose weights differ from the replicas,
+        RuntimeError naming the worker and the cause if a worker dies or fails.
+        """
+        refuse_joint(job)
+        with self._lock:
+            return self._execute(job, schedule, progress, on_block)
+
+    def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
+        self.start()
+        self._check_weights(job.transformer)
+        self._run_id += 1
+        spec = dataclasses.replace(job, transformer=None, text=job.text.detach().cpu(), _text_on={})
+        origin = time.perf_counter()
+        # Plain pickle, once: torch's queue pickler would move the prompt tensor through a new
+        # shared-memory segment for every worker, milliseconds on the clock of every run.
+        command = pickle.dumps((self._run_id, spec, schedule, origin))
+        for command_queue in self._pool.commands:
+            command_queue.put(command)
+        blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
+        while True:
+            message = self._next_message(None, f"run {self._run_id}")
+            kind, run_id = message[0], message[1]
+            if run_id != self._run_id:
+                continue
+            if kind == "progress" and progress is not None:
+                progress(message[2], message[3])
+            elif kind == "block":
+                blocks.finished(message[2], pickle.loads(message[3]))
+            elif kind == "done":
+                result = message[2]
+                # a block message may still be in another worker's queue feeder: take it from the result
+                blocks.flush(result.latents)
+                return result
+
+    def _check_weights(self, transformer: torch.nn.Module) -> None:
+        if transformer not in self._job_fingerprints:
+            self._job_fingerprints[transformer] = weight_fingerprint(transformer)
+        if not same_fingerprint(self._job_fingerprints[transformer], self._pool.fingerprint):
+            raise ValueError(f"the job's model weights differ from the pool's replicas (loaded by "
+                             f"{self.loader!r}): build the pool with the same model and dtype")
+
+    def _next_message(self, deadline: float | None, during: str):
+        """The next message from the workers; a dead worker, a reported error or the deadline
+        tears the pool down and raises RuntimeError."""
+        pool = self._pool
+        while True:
+            try:
+                message = pool.results.get(timeout=POLL_S)
+            except queue.Empty:
+                message = None
+            if message is not None and message[0] == "error":
+                raise self._failure(during, [message])
+            if any(not p.is_alive() for p in pool.processes):
+                raise self._failure(during, [])
+            if message is not None:
+                return message
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._failure(during, [], timed_out=True)
+
+    def _failure(self, during: str, errors: list, timed_out: bool = False) -> RuntimeError:
+        """Collect what went wrong on every worker, stop the pool, and describe it: dead workers
+        first (the cause), then the errors the others reported (often the consequence)."""
+        pool = self._pool
+        deadline = time.monotonic() + FAILURE_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                message = pool.results.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if message[0] == "error":
+                errors.append(message)
+        reported = {rank for _, rank, _, _ in errors}
+        lines = []
+        for rank, process in enumerate(pool.processes):
+            if not process.is_alive() and rank not in reported:
+                lines.append(f"{self._describe_worker(pool, rank)} died: {_describe_exit(process.exitcode)}")
+        for _, rank, summary, _ in errors:
+            lines.append(f"{self._describe_worker(pool, rank)} failed: {summary}")
+        if timed_out:
+            lines.append(f"no answer within {self.start_timeout_s:.0f} s")
+        self._stop()
+        message = f"distributed pool failed during {during}: " + "; ".join(lines or ["a worker stopped"])
+        if errors:
+            message += "\n\nfirst worker traceback:\n" + errors[0][3]
+        return RuntimeError(message)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+# --- torchrun ------------------------------------------------------------------------------
+

@@ -1,0 +1,193 @@
+"""One worker of an initialised process group: the tick loop of a pool worker or a torchrun rank.
+
+Blocks are owned by workers, block ``b`` by worker ``b mod W``, so a block's latent never moves.
+Every worker walks the whole schedule; in each tick it runs the items of its own blocks, one at
+a time, then the owners send the K/V their items wrote. That serves the context rule of
+DESIGN.md §2 (an item at tick τ sees the K/V earlier blocks had at the end of τ−1), so the pool
+produces the same video as the local executor. The backend never does math: a worker runs
+``DenoiseJob.run`` on its own model replica and only moves tensors.
+
+No tick-wide barrier: the sends are posted without waiting, lowest block first, and a worker
+waits only before an item that attends to a block whose K/V are still on their way. Attention is
+block-causal, so the owner of the lowest block in flight never waits for anyone and the others
+wait for one transfer, not for every worker to arrive and for every owner to send. A worker's
+cache then holds the K/V its next item may read: those of lower blocks as of the end of the
+previous tick (it expects later sends only after its own items of this tick).
+
+Why K/V and not latents: a block's latent is far smaller than its K/V for all layers, but a
+worker that receives a latent must run the same forward again to get the K/V it needs, so every
+worker would end up running every item and the tick would take as long as on one device. K/V
+move (``kv_exchange.py``) through shared memory when every worker is a CPU process of one
+x86-64 host, else with a broadcast from each owner (gloo on CPU, NCCL on GPU), one per owner per
+tick.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import torch
+import torch.distributed as dist
+
+from ..schedule import Schedule
+from .base import BlockFn, CommEntry, ExecutionResult, TimelineEntry, report_progress
+from .fingerprint import same_fingerprint, tensor_fingerprint, weight_fingerprint
+from .kv_exchange import (BroadcastExchange, SharedMemoryExchange, block_kv_shape, open_shared_memory_exchange,
+                          owner, owners_of, shared_memory_possible)
+
+COLLECTIVE_TIMEOUT_S = 300.0  # a worker stuck alive in a collective fails after this
+KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
+
+
+def refuse_joint(job) -> None:
+    if job.joint:
+        raise ValueError("a joint job runs a whole tick in one forward on one device; "
+                         "use LocalExecutor for the joint variant")
+
+
+class RankExecutor:
+    """This process as one worker of an initialised process group (pool worker or torchrun rank).
+
+    ``execute`` is collective: every rank calls it with the same job (around its own replica)
+    and schedule, and every rank returns the whole result. Construct it on every rank at the
+    same point too: on NCCL it creates a gloo group for the small Python objects it gathers.
+    """
+
+    name = "distributed"
+
+    def __init__(self, device: str | torch.device, kv_exchange: str = "auto",
+                 timeout_s: float = COLLECTIVE_TIMEOUT_S):
+        if kv_exchange not in KV_EXCHANGES:
+            raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
+        self.device = torch.device(device)
+        self.rank = dist.get_rank()
+        self.workers = dist.get_world_size()
+        self.timeout_s = timeout_s
+        self._cpu_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+        self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        possible = [None] * self.workers
+        dist.all_gather_object(possible, shared_memory_possible(self.device), group=self._cpu_group)
+        if kv_exchange == "shared_memory" and not all(possible):
+            raise ValueError("kv_exchange='shared_memory' needs every worker on the CPU of one x86-64 host")
+        self._shared_memory = kv_exchange != "broadcast" and all(possible)
+        self._requested = kv_exchange
+        self._shm: SharedMemoryExchange | None = None
+        self._cache = None
+
+    @property
+    def kv_exchange(self) -> str:
+        """How this executor's K/V travel: "shared_memory" or "broadcast"."""
+        return "shared_memory" if self._shared_memory else "broadcast"
+
+    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None,
+                clock_origin: float | None = None, checked: bool = False,
+                on_own_block: BlockFn | None = None) -> ExecutionResult:
+        """Run this rank's items of ``schedule``; returns every block's latent (CPU) and timing.
+
+        ``on_block`` is accepted for the executor protocol and not called: a rank sees only its
+        own blocks finish, so it cannot hand on every block in order (the pipeline decodes what
+        nobody handed on when the run ends). ``on_own_block(block, latent, t)``: called as each
+        of this rank's blocks is final (the pool forwards these to its parent, which orders them).
+        ``clock_origin``: a ``time.perf_counter()`` reading on this machine that the times are
+        measured from (the pool passes the moment its parent started the run: one clock for
+        all its workers). By default the run starts when all ranks pass a barrier, which also
+        holds across machines. ``checked``: the caller made sure every rank holds the same
+        weights and prompt embedding (the pool does); otherwise the ranks compare them first.
+        """
+        refuse_joint(job)
+        if not checked:
+            self._check_same_job(job)
+        # An earlier run's cache when it fits: a fresh one costs milliseconds of zeroing and page
+        # faults, on the run's clock since the pool's clock starts in the parent.
+        cache = self._cache = job.new_cache(self.device, reuse=self._cache)
+        exchange = self._exchange_for(cache, schedule, cache.num_frames // job.num_blocks)
+        with job.session() as report:
+            dist.barrier(group=self._cpu_group)
+            origin = time.perf_counter() if clock_origin is None else clock_origin
+            mine = self._run_ticks(job, schedule, cache, exchange, lambda: time.perf_counter() - origin,
+                                   progress, on_own_block)
+        gathered = [None] * self.workers
+        dist.all_gather_object(gathered, (*mine, report), group=self._cpu_group)
+        latents = {block: x for part in gathered for block, x in part[0].items()}
+        return ExecutionResult(
+            latents=[latents[b] for b in range(schedule.num_blocks)],
+            timeline=sorted((e for part in gathered for e in part[1]), key=lambda e: (e.start, e.worker)),
+            model_calls=sum(part[3] for part in gathered),
+            communication=sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker)),
+            session_reports=[part[4] for part in gathered],
+        )
+
+    def _run_ticks(self, job, schedule: Schedule, cache, exchange, clock, progress, on_own_block):
+        """This rank's items, tick by tick; returns (its blocks' latents, timeline, traffic, calls)."""
+        frames_per_block = cache.num_frames // job.num_blocks
+        current: dict[int, torch.Tensor] = {}
+        timeline: list[TimelineEntry] = []
+        communication: list[CommEntry] = []
+        calls = 0
+        for tick_index, tick in enumerate(schedule.ticks):
+            blocked = 0.0
+            for item in tick:
+                if owner(item.block, self.workers) != self.rank:
+                    continue
+                if item.block not in current:
+                    current[item.block] = job.initial_latent(item.block, self.device)
+                waiting = clock()
+                exchange.receive(cache, frames_per_block, below=item.block)
+                self._sync()
+                start = clock()
+                blocked += start - waiting
+                (current[item.block],) = job.run((item,), [current[item.block]], cache)
+                self._sync()
+                timeline.append(TimelineEntry(item.block, item.step, self.rank, start, clock()))
+                calls += 1
+                if on_own_block is not None and schedule.is_final(item):
+                    on_own_block(item.block, current[item.block].cpu(), clock())
+            cache.commit()
+            posted = clock()
+            sent, received = exchange.post(cache, [i.block for i in tick], frames_per_block)
+            communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
+            report_progress(progress, tick_index, schedule)
+        exchange.receive(cache, frames_per_block, below=None)
+        return {block: latent.cpu() for block, latent in current.items()}, timeline, communication, calls
+
+    def _exchange_for(self, cache, schedule: Schedule, frames_per_block: int):
+        """Shared memory when every worker can map the others' (kept across runs, remapped when
+        a run needs bigger slots), else broadcasts. Collective: every rank decides alike."""
+        if not self._shared_memory:
+            return BroadcastExchange(self.rank, self.workers)
+        per_block = block_kv_shape(cache, frames_per_block)
+        max_blocks = max(len(owned) for tick in schedule.ticks
+                         for owned in owners_of([i.block for i in tick], self.workers).values())
+        if self._shm is None or not self._shm.fits(per_block, cache.k.dtype, max_blocks):
+            self._shm = open_shared_memory_exchange(self.rank, self.workers, per_block, cache.k.dtype, max_blocks,
+                                                    self.timeout_s, group=self._cpu_group)
+            if self._shm is None:
+                if self._requested == "shared_memory":
+                    raise RuntimeError("kv_exchange='shared_memory': the workers cannot map each other's "
+                                       "shared memory (other hosts, or containers with their own /dev/shm)")
+                self._shared_memory = False
+                return BroadcastExchange(self.rank, self.workers)
+        self._shm.start_run()
+        return self._shm
+
+    def _check_same_job(self, job) -> None:
+        """Every rank must hold the same weights and prompt embedding, or the blocks they compute
+        would silently disagree. A replica's fingerprint is computed once, the prompt's per run."""
+        if job.transformer not in self._fingerprints:
+            self._fingerprints[job.transformer] = weight_fingerprint(job.transformer)
+        gathered = [None] * self.workers
+        mine = (self._fingerprints[job.transformer], tensor_fingerprint(job.text))
+        dist.all_gather_object(gathered, mine, group=self._cpu_group)
+        for rank, (weights, text) in enumerate(gathered):
+            if not same_fingerprint(weights, gathered[0][0]):
+                raise RuntimeError(f"worker {rank}'s model weights differ from worker 0's: every worker "
+                                   "must load the same model (same preset or files, same dtype)")
+            if not same_fingerprint(text, gathered[0][1]):
+                raise RuntimeError(f"worker {rank}'s prompt embedding differs from worker 0's")
+
+    def _sync(self) -> None:
+        """Wait for the device, so that times measure the work and not its launch."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
