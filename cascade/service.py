@@ -34,7 +34,7 @@ from . import metrics
 from .backend import LocalExecutor
 from .backend.rank import KV_EXCHANGES
 from .caching import BWCacheConfig
-from .model.presets import CascadeModel, PresetLoader, default_model_name, load_model
+from .model.presets import CascadeModel, PresetLoader, available_models, default_model_name, load_model
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn
 from .schedule import make_schedule
 
@@ -210,6 +210,24 @@ class Service:
             self._closed = True
             while self._pools:
                 self._pools.popitem()[1].close()
+
+    # --- what a caller can offer --------------------------------------------------------
+
+    def default_request(self, prompt: str = WARM_UP_PROMPT) -> GenerateRequest:
+        """The comparison this machine runs best by default: a pool with one worker per device
+        (per GPU, or per CPU core with one thread each), the model's own settings otherwise."""
+        from .backend.pool import usable_cores
+
+        workers = torch.cuda.device_count() if self.device == "cuda" else usable_cores()
+        if workers < 2:
+            return GenerateRequest(prompt=prompt, mode="cascade", executor="batched")
+        return GenerateRequest(prompt=prompt, mode="cascade", executor="distributed", workers=workers,
+                               threads=None if self.device == "cuda" else 1)
+
+    def presets(self) -> list[dict]:
+        """Every model a request may name: ``{"name", "runnable", "needs"}``, ``needs`` saying
+        what a model that cannot run here would need."""
+        return [{"name": name, "runnable": True, "needs": ""} for name in available_models()]
 
     # --- requests ------------------------------------------------------------------------
 
