@@ -16,6 +16,7 @@ the run goes on.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 import os
 import pickle
@@ -271,6 +272,10 @@ class DistributedExecutor:
         for q in [*pool.commands, pool.results]:
             q.cancel_join_thread()
             q.close()
+        # The queues' named semaphores (/dev/shm/sem.mp-*) are unlinked by their finalizers, which a
+        # reference cycle through the process objects would put off until some later collection.
+        del pool
+        gc.collect()
 
     # --- runs ------------------------------------------------------------------------------
 

@@ -1,0 +1,192 @@
+"""cascade.service.Service: one door, shared by concurrent callers, cleaned up on close."""
+
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.model.presets import load_model
+from cascade.service import FifoLock, GenerateRequest, Service, default_stride
+
+SMALL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", blocks=3, steps=2, window=2,
+                        stride=1, threads=1)
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def service(tmp_path):
+    with Service(output_root=tmp_path / "out", device="cpu") as svc:
+        yield svc
+
+
+def test_two_threads_comparing_at_once_get_exactly_what_each_gets_alone(service):
+    requests = [replace(SMALL, prompt="a red circle moving right", seed=1),
+                replace(SMALL, prompt="a blue square moving up", seed=2, bwcache=True, bwcache_threshold=float("inf"))]
+    alone = [service.compare(r) for r in requests]
+    together = [None, None]
+    start = threading.Barrier(2)
+
+    def run(index):
+        start.wait()
+        together[index] = service.compare(requests[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for solo, shared in zip(alone, together):
+        assert np.array_equal(solo.serial.frames, shared.serial.frames)
+        assert np.array_equal(solo.cascade.frames, shared.cascade.frames)
+        assert solo.stats["cascade"]["bwcache"]["reuse_rate"] == shared.stats["cascade"]["bwcache"]["reuse_rate"]
+        assert solo.files["stats.json"].parent != shared.files["stats.json"].parent  # a fresh folder each
+    # one of them waited for the other's whole comparison, and says so apart from its latency
+    waited = max(r.stats["queued_s"] for r in together)
+    other_run = min(together, key=lambda r: r.stats["queued_s"])
+    assert waited >= other_run.stats["serial"]["latency_s"] + other_run.stats["cascade"]["latency_s"]
+
+
+def test_waiters_get_their_turn_in_the_order_they_arrived():
+    lock = FifoLock()
+    order, waits = [], {}
+
+    def take(i):
+        with lock.turn() as waited:
+            order.append(i)
+            waits[i] = waited
+
+    with lock.turn():
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)  # thread i is waiting before thread i + 1 arrives
+    for t in threads:
+        t.join(timeout=5)
+    assert order == [0, 1, 2, 3]
+    assert all(waits[i] > 0 for i in order)
+
+
+@pytest.mark.parametrize("mode", ["serial", "cascade"])
+@pytest.mark.parametrize("executor", ["local", "batched"])
+def test_blocks_are_handed_on_in_order_and_decode_to_the_whole_video(service, mode, executor):
+    handed = []
+    result = service.generate(replace(SMALL, mode=mode, executor=executor),
+                              on_block=lambda run, block, frames, t: handed.append((run, block, frames, t)))
+    assert [(run, block) for run, block, _, _ in handed] == [(mode, b) for b in range(3)]
+    assert np.array_equal(np.concatenate([frames for *_, frames, _ in handed]), result.frames)
+    assert np.array_equal(np.load(result.files["frames.npy"]), result.frames)
+    times = [t for *_, t in handed]
+    assert times == sorted(times) == result.stats["blocks_shown_s"]
+    assert result.stats["time_to_first_block_s"] == times[0]
+    # frames are final after the block's last step, before its recache
+    last_step = max(e["end"] for e in result.stats["timeline"] if e["block"] == 0 and e["step"] == 1)
+    assert times[0] >= last_step
+
+
+def test_compare_hands_on_both_runs_and_writes_every_file(service):
+    handed = []
+    result = service.compare(SMALL, on_block=lambda run, block, frames, t: handed.append((run, block)))
+    assert handed == [("serial", b) for b in range(3)] + [("cascade", b) for b in range(3)]
+    folder = result.files["stats.json"].parent
+    assert folder.parent == service.output_root
+    assert set(result.files) == {"serial.mp4", "cascade.mp4", "side_by_side.mp4", "frames_serial.npy",
+                                 "frames_cascade.npy", "timeline.json", "stats.json"}
+    assert all(path.parent == folder and path.stat().st_size > 0 for path in result.files.values())
+    assert result.stats["speedup"] == result.stats["serial"]["latency_s"] / result.stats["cascade"]["latency_s"]
+    assert result.stats["ideal_speedup"] == result.stats["serial"]["ticks"] / result.stats["cascade"]["ticks"]
+    assert "analyzer" not in result.stats["quality"]  # random weights: the world's judge would be meaningless
+
+
+def test_compare_on_tiny_shapes_asks_the_models_world_for_its_verdict(service):
+    result = service.compare(replace(SMALL, model=None, executor="batched"))
+    assert result.stats["serial"]["model"] == "tiny-shapes"
+    verdicts = result.stats["quality"]["analyzer"]
+    assert {"colour", "shape", "motion", "one_object"} <= set(verdicts["serial"]) == set(verdicts["cascade"])
+
+
+def test_expired_folders_are_swept_when_a_new_one_is_made(tmp_path):
+    with Service(output_root=tmp_path, ttl_s=60, device="cpu") as service:
+        first = service.generate(SMALL).files["stats.json"].parent
+        old = time.time() - 120
+        os.utime(first, (old, old))
+        keep = tmp_path / "not-ours"
+        keep.mkdir()
+        os.utime(keep, (old, old))
+        second = service.generate(SMALL).files["stats.json"].parent
+    assert not first.exists() and second.exists() and keep.exists()
+
+
+def test_close_leaves_no_worker_process_and_no_shared_memory_file(tmp_path):
+    before = set(SHARED_MEMORY.iterdir()) if SHARED_MEMORY.exists() else set()
+    service = Service(output_root=tmp_path, device="cpu")
+    pool_request = replace(SMALL, executor="distributed", workers=2)
+    result = service.compare(pool_request)
+    assert result.stats["cascade"]["executor"] == "distributed"
+    (pool,) = service._pools.values()
+    pids = pool.worker_pids
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    service.close()
+    assert not any(alive(pid) for pid in pids)
+    after = set(SHARED_MEMORY.iterdir()) if SHARED_MEMORY.exists() else set()
+    assert after <= before
+    with pytest.raises(RuntimeError, match="closed"):
+        service.generate(SMALL)
+
+
+def test_warm_up_starts_what_the_request_uses_and_writes_nothing_to_keep(service):
+    service.warm_up(replace(SMALL, executor="distributed", workers=2))
+    assert len(service._pools) == 1
+    assert not service.output_root.exists() or not any(service.output_root.iterdir())
+    result = service.compare(replace(SMALL, executor="distributed", workers=2))
+    assert result.stats["queued_s"] < 1.0  # the pool was already started
+
+
+def test_unset_settings_take_the_models_then_the_fallback_defaults():
+    model = load_model("random-tiny")
+    plain = GenerateRequest(prompt="x", mode="cascade").resolved(model)
+    assert (plain.blocks, plain.steps, plain.window, plain.stride, plain.recache, plain.joint) == (
+        8, 4, 4, default_stride(4), True, False)
+    model.run_defaults = {"blocks": 5, "window": 5, "stride": 1, "joint": True, "recache": False}
+    own = GenerateRequest(prompt="x", mode="cascade").resolved(model)
+    assert (own.blocks, own.window, own.stride, own.joint, own.recache) == (5, 5, 1, True, False)
+    asked = GenerateRequest(prompt="x", mode="cascade", blocks=2, joint=False).resolved(model)
+    assert (asked.blocks, asked.joint) == (2, False)
+    assert GenerateRequest(prompt="x", steps=16).resolved(load_model("random-tiny")).stride == 8
+
+
+def test_loading_a_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model("random-tiny")
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(prompt=""), "the prompt is empty"),
+    (dict(prompt="x" * 2001), "the prompt is 2001 characters long; the limit is 2000"),
+    (dict(steps=0), "steps must be a whole number of at least 1, got 0"),
+    (dict(window=0), "window must be a whole number of at least 1, got 0"),
+    (dict(stride=-1), "stride must be a whole number of at least 1, got -1"),
+    (dict(blocks=2.5), "blocks must be a whole number of at least 1, got 2.5"),
+    (dict(bwcache_threshold=float("nan")), "bwcache_threshold must be a number of at least 0, got nan"),
+    (dict(executor="gpu"), "executor must be one of local, batched, distributed, got 'gpu'"),
+    (dict(kv_exchange="pigeon"), "kv_exchange must be one of auto, shared_memory, broadcast, got 'pigeon'"),
+])
+def test_bad_values_are_refused_with_one_clear_line(service, changes, message):
+    with pytest.raises(ValueError) as error:
+        service.compare(replace(SMALL, **changes))
+    assert str(error.value) == message
