@@ -24,7 +24,6 @@ BASE_FILES = (TRANSFORMER_CONFIG, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX, *TOKE
 
 PROMPT_LENGTH = 512  # umT5 tokens; the checkpoints were trained on zero-padded 512-token prompts
 VAE_STRIDE = 8  # pixels per latent position
-LATENT_CHANNELS = 16
 FRAMES_PER_BLOCK = 3
 WAN_FPS = 16.0
 

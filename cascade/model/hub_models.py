@@ -18,7 +18,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
-from .checkpoints import (FRAMES_PER_BLOCK, HUB_PRESETS, LATENT_CHANNELS, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX,
+from .checkpoints import (FRAMES_PER_BLOCK, HUB_PRESETS, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX,
                           TOKENIZER_FILES, TRANSFORMER_CONFIG, VAE_CONFIG, VAE_STRIDE, WAN_FPS, HubPreset)
 from .convert import PROVENANCE_FILE, WEIGHTS_NAME, check_weights, convert_checkpoint, expected_shapes, read_config
 from .hub import HubFile, cached, fetch, missing, missing_files_message, shards_of
@@ -197,7 +197,7 @@ def load_hub_model(preset: HubPreset, device="cpu", dtype: torch.dtype | None = 
     source = f" (generator from {generator_folder})" if generator_folder else ""
     return CascadeModel(
         name=preset.name, description=preset.description + source, transformer=transformer, text_encoder=text,
-        decode=decoder, sampler=preset.sampler(), layout=preset_layout(preset), fps=WAN_FPS, random_weights=False,
+        decode=decoder, sampler=preset.sampler(), layout=preset_layout(preset, config), fps=WAN_FPS, random_weights=False,
         local_window=preset.local_window, sink_frames=preset.sink_frames, new_block_decoder=decoder.new_stream,
         run_defaults=dict(preset.run_defaults),
     )
@@ -215,8 +215,8 @@ def load_hub_transformer(preset: HubPreset, device="cpu", dtype: torch.dtype | N
     return generator_from_checkpoint(preset, read_config(paths[TRANSFORMER_CONFIG]), paths, device, dtype)
 
 
-def preset_layout(preset: HubPreset) -> LatentLayout:
-    return LatentLayout(LATENT_CHANNELS, FRAMES_PER_BLOCK, preset.height // VAE_STRIDE, preset.width // VAE_STRIDE)
+def preset_layout(preset: HubPreset, config: dict) -> LatentLayout:
+    return LatentLayout(config["in_channels"], FRAMES_PER_BLOCK, preset.height // VAE_STRIDE, preset.width // VAE_STRIDE)
 
 
 def preset_conversion_inputs(name: str, key: str | None, lora: Path | None):
