@@ -17,6 +17,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from huggingface_hub import constants
 
 from cascade.backend import LocalExecutor
+from cascade.backend.local import torch_threads
 from cascade.model import convert, hub, hub_models
 from cascade.model.checkpoints import (HUB_PRESETS, LONGLIVE_SINKS, LONGLIVE_WINDOW, ROLLING_LOCAL_WINDOW,
                                        ROLLING_SINKS, ROLLING_WINDOW_BLOCKS, WAN_REPO, local_attention_window)
@@ -30,6 +31,13 @@ from hub_standins import (TINY_TRANSFORMER, TINY_VAE, FakeHubCache, lora_pairs, 
                           write_peft_lora, write_project_repos, write_wan_repo)
 
 LATENT = (4, 4)  # latent height, width of the stand-in videos (32×32 pixels)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose much when the cores are shared."""
+    with torch_threads(1):
+        yield
 
 
 def inputs(frames: int = 3, seed: int = 0):
