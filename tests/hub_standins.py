@@ -169,6 +169,6 @@ def write_project_repos(cache: FakeHubCache) -> dict[str, dict[str, torch.Tensor
             pairs = lora_pairs(sorted(lora_targets(TINY_TRANSFORMER)), shapes, preset.lora.rank, seed=index)
             write_peft_lora(cache.path(preset.repo, preset.lora.filename), pairs)
             for name, (a, b) in pairs.items():
-                weights[name] = weights[name] + preset.lora.scale * (b @ a)
+                weights[name] = weights[name] + preset.lora.alpha / preset.lora.rank * (b @ a)
         expected[preset.name] = weights
     return expected

@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import bench_gpu
 from cascade.backend import LocalExecutor
+from cascade.backend.local import torch_threads
 from cascade.model.presets import LatentLayout, _random_model, preview_latents
 from cascade.schedule import make_schedule
 
@@ -24,6 +25,13 @@ EXPECTED_TICKS = {
     **{f"cascade W{w} s1, no recache": STEPS + 1 for w in (2, 3, 5)},
     **{f"cascade W{w} s1 joint": STEPS + 1 for w in (3, 5)},
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose much when the cores are shared."""
+    with torch_threads(1):
+        yield
 
 
 def _quick(tmp_path, *extra) -> tuple[dict, str]:

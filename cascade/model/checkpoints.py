@@ -36,10 +36,6 @@ class LoraSpec:
     rank: int
     alpha: float
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
 
 @dataclass(frozen=True)
 class HubPreset:
