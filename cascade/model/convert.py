@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -37,10 +38,11 @@ NAMES_SHOWN = 8
 
 
 def read_torch_file(path: str | Path) -> dict:
-    """A ``torch.save``d dict, memory-mapped (a 1.3B generator is 5+ GB), tensors only."""
+    """A ``torch.save``d dict, memory-mapped (a 1.3B generator is 5+ GB). Tensors and plain values
+    only: unpickling arbitrary objects from a downloaded file could run code."""
     try:
         data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise ValueError(f"cannot read {path} as a torch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of weights")

@@ -30,7 +30,8 @@ UMT5_XXL = dict(
 
 
 def clean_prompt(prompt: str) -> str:
-    """HTML entities resolved and whitespace collapsed, as Wan cleans prompts before tokenizing."""
+    """HTML entities resolved and whitespace collapsed, as Wan cleans prompts before tokenizing
+    (less its ftfy pass, which repairs mis-decoded text)."""
     return " ".join(html.unescape(html.unescape(prompt)).split())
 
 
