@@ -9,10 +9,13 @@ PEFT LoRA). Nothing here touches the network.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
+
+from huggingface_hub import constants
 
 from cascade.model.checkpoints import HUB_PRESETS, TOKENIZER_FILES, WAN_REPO
 from cascade.model.transformer import CausalWanTransformer
@@ -172,3 +175,12 @@ def write_project_repos(cache: FakeHubCache) -> dict[str, dict[str, torch.Tensor
                 weights[name] = weights[name] + preset.lora.alpha / preset.lora.rank * (b @ a)
         expected[preset.name] = weights
     return expected
+
+
+def use_offline(monkeypatch, cache: FakeHubCache, pixels: int = 32) -> None:
+    """huggingface_hub pointed at ``cache`` and offline (what HF_HOME and HF_HUB_OFFLINE=1 do at
+    import), and every preset at ``pixels``×``pixels`` so the stand-ins run in moments."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache.root))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for name, preset in HUB_PRESETS.items():
+        monkeypatch.setitem(HUB_PRESETS, name, replace(preset, height=pixels, width=pixels))

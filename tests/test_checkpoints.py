@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -27,8 +26,8 @@ from cascade.model.transformer import CausalWanTransformer
 from cascade.model.wan import UMT5TextEncoder, WanVideoDecoder
 from cascade.pipeline import BlockCausalPipeline
 from cascade.schedule import make_schedule
-from hub_standins import (TINY_TRANSFORMER, TINY_VAE, FakeHubCache, lora_pairs, random_generator, write_checkpoint,
-                          write_peft_lora, write_project_repos, write_wan_repo)
+from hub_standins import (TINY_TRANSFORMER, TINY_VAE, FakeHubCache, lora_pairs, random_generator, use_offline,
+                          write_checkpoint, write_peft_lora, write_project_repos, write_wan_repo)
 
 LATENT = (4, 4)  # latent height, width of the stand-in videos (32×32 pixels)
 
@@ -272,10 +271,7 @@ def standin_cache(tmp_path_factory):
 def offline_hub(standin_cache, monkeypatch):
     """The stand-in cache as HF_HUB_CACHE, offline, and the presets at 32×32 pixels."""
     cache, expected = standin_cache
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache.root))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    for name, preset in HUB_PRESETS.items():
-        monkeypatch.setitem(HUB_PRESETS, name, replace(preset, height=32, width=32))
+    use_offline(monkeypatch, cache, pixels=32)
     return cache, expected
 
 
