@@ -140,6 +140,11 @@ def test_lora_of_another_rank_or_coverage_is_a_clear_error(tmp_path, checkpoint,
     path, _ = lora_file(tmp_path, generators, rank=4, extra=True)
     with pytest.raises(ValueError, match=r"1 LoRA weights for no linear layer: blocks.0.attn1.to_extra.weight"):
         convert.convert_checkpoint(checkpoint, TINY_TRANSFORMER, lora=path)
+    state, targets = generators[1].state_dict(), convert.lora_targets(TINY_TRANSFORMER)
+    adapters = {n: (torch.zeros(4, state[n].shape[1]), torch.zeros(state[n].shape[0], 4)) for n in targets}
+    adapters["blocks.0.attn1.to_q.weight"] = (torch.zeros(4, 3), torch.zeros(16, 4))
+    with pytest.raises(ValueError, match=r"1 wrongly shaped LoRA products: blocks.0.attn1.to_q.weight"):
+        convert.merge_lora(state, adapters, 1.0, targets, "lora.pt")
 
 
 def run_convert(*argv) -> int:

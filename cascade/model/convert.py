@@ -117,8 +117,8 @@ def lora_targets(config: dict) -> set[str]:
     return {f"{name}.weight" for name, module in blocks.named_modules(prefix="blocks") if isinstance(module, nn.Linear)}
 
 
-def lora_deltas(lora: dict[str, torch.Tensor], rank: int, scale: float, source: str) -> dict[str, torch.Tensor]:
-    """``scale · B @ A`` per adapted weight, under diffusers' names."""
+def lora_adapters(lora: dict[str, torch.Tensor], rank: int, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) per adapted weight, under diffusers' names, checked to be of ``rank``."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in strip_wrappers(lora).items():
         match = LORA_NAME.match(name)
@@ -131,24 +131,26 @@ def lora_deltas(lora: dict[str, torch.Tensor], rank: int, scale: float, source: 
     ranks = sorted({p["A"].shape[0] for p in pairs.values()} | {p["B"].shape[1] for p in pairs.values()})
     if ranks != [rank]:
         raise ValueError(f"{source} is a LoRA of rank {', '.join(map(str, ranks))}; this preset's LoRA has rank {rank}")
-    deltas = {f"{module}.weight": scale * (p["B"].float() @ p["A"].float()) for module, p in pairs.items()}
-    return to_diffusers_names(deltas)
+    # diffusers' rename applied to the names alone: no product is formed before it is merged.
+    renamed = to_diffusers_names({f"{module}.weight": module for module in pairs})
+    return {name: (pairs[module]["A"], pairs[module]["B"]) for name, module in renamed.items()}
 
 
-def merge_lora(state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], targets: set[str],
-               source: str) -> dict[str, torch.Tensor]:
-    """``state`` with every target weight moved by its delta; every target must have one."""
-    missing = sorted(targets - set(deltas))
-    unexpected = sorted(set(deltas) - targets)
-    wrong = sorted(n for n in set(deltas) & targets if deltas[n].shape != state[n].shape)
+def merge_lora(state: dict[str, torch.Tensor], adapters: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               scale: float, targets: set[str], source: str) -> dict[str, torch.Tensor]:
+    """``state`` with every target weight W moved to W + scale · B @ A; every target needs an adapter."""
+    missing = sorted(targets - set(adapters))
+    unexpected = sorted(set(adapters) - targets)
+    wrong = sorted(n for n in set(adapters) & targets
+                   if (adapters[n][1].shape[0], adapters[n][0].shape[1]) != tuple(state[n].shape))
     problems = [f"{len(names)} {what}: {_some(names)}" for what, names in
                 (("weights without a LoRA", missing), ("LoRA weights for no linear layer", unexpected),
                  ("wrongly shaped LoRA products", wrong)) if names]
     if problems:
         raise ValueError(f"{source} does not fit the generator: " + "; ".join(problems))
     merged = dict(state)
-    for name, delta in deltas.items():
-        merged[name] = (state[name].float() + delta).to(state[name].dtype)
+    for name, (a, b) in adapters.items():
+        merged[name] = (state[name].float() + scale * (b.float() @ a.float())).to(state[name].dtype)
     return merged
 
 
@@ -164,7 +166,7 @@ def convert_checkpoint(checkpoint: str | Path, config: dict, key: str | None = N
         adapter = adapter.get(LORA_KEY, adapter)
         rank = lora_rank if lora_rank is not None else _rank_of(adapter, str(lora))
         scale = (lora_alpha if lora_alpha is not None else rank) / rank
-        state = merge_lora(state, lora_deltas(adapter, rank, scale, str(lora)), lora_targets(config), str(lora))
+        state = merge_lora(state, lora_adapters(adapter, rank, str(lora)), scale, lora_targets(config), str(lora))
     return state, taken
 
 
