@@ -61,15 +61,15 @@ def fetch(files: list[HubFile], purpose: str) -> dict[HubFile, Path]:
     return {f: cached(f) for f in files}
 
 
-def shards_of(index: Path, folder_file: HubFile) -> list[HubFile]:
-    """The weight files a ``*.index.json`` (at ``index``, fetched as ``folder_file``) lists."""
+def shards_of(index: Path, index_file: HubFile) -> list[HubFile]:
+    """The weight files a ``*.index.json`` lists (``index``: where ``index_file`` is on disk)."""
     try:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{folder_file} is not a readable weight index ({error}); "
-                         f"fetch it again: {folder_file.command}") from None
-    folder = Path(folder_file.filename).parent.as_posix()
-    return [HubFile(folder_file.repo, f"{folder}/{name}") for name in names]
+        raise ValueError(f"{index_file} is not a readable weight index ({error}); "
+                         f"fetch it again: {index_file.command}") from None
+    folder = Path(index_file.filename).parent.as_posix()
+    return [HubFile(index_file.repo, f"{folder}/{name}") for name in names]
 
 
 def missing_files_message(purpose: str, absent: list[HubFile], problems: list[str]) -> str:

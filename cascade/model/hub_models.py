@@ -90,17 +90,20 @@ def _numel(build) -> int:
 
 def memory_needs(preset: HubPreset, config: dict, paths: dict[HubFile, Path], dtype: torch.dtype,
                  blocks: int) -> MemoryNeeds:
+    """What the parts of ``preset`` take in ``dtype`` for a video of ``blocks``, counted from their
+    configurations on empty (meta) modules: nothing is loaded."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     size = torch.empty((), dtype=dtype).element_size()
     text_config = UMT5Config.from_pretrained(paths[TEXT_ENCODER_CONFIG].parent)
     vae_config = AutoencoderKLWan.load_config(paths[VAE_CONFIG].parent)
-    tokens = (preset.height // VAE_STRIDE // config["patch_size"][1]) * (preset.width // VAE_STRIDE // config["patch_size"][2])
-    kv = 2 * config["num_layers"] * blocks * FRAMES_PER_BLOCK * tokens * config["num_attention_heads"] * config["attention_head_dim"]
+    _, patch_h, patch_w = config["patch_size"]
+    tokens = (preset.height // VAE_STRIDE // patch_h) * (preset.width // VAE_STRIDE // patch_w)
+    per_token = 2 * config["num_layers"] * config["num_attention_heads"] * config["attention_head_dim"]  # K and V
     return MemoryNeeds(
         generator=sum(s.numel() for s in expected_shapes(config).values()) * size,
         vae=_numel(lambda: AutoencoderKLWan.from_config(vae_config)) * size,
-        kv_cache=kv * size,
+        kv_cache=per_token * tokens * blocks * FRAMES_PER_BLOCK * size,
         text_encoder=_numel(lambda: UMT5EncoderModel(text_config)) * size,
     )
 
@@ -117,7 +120,7 @@ def place_text_encoder(device: torch.device, needs: MemoryNeeds, free_device: in
     (it runs once per prompt); a ValueError when the parts fit nowhere."""
     def too_little(where: str, need: int, free: int) -> ValueError:
         return ValueError(f"{name} needs about {need / GiB:.1f} GiB on {where} and {free / GiB:.1f} GiB are free "
-                          f"({needs.describe()}); free memory, use a larger device, or fewer blocks")
+                          f"({needs.describe()}); free memory there or use a device with more")
 
     if device.type != "cuda":
         if needs.main + needs.text_encoder > free_host:
