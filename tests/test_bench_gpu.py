@@ -3,6 +3,7 @@ with torch.cuda's calls stood in for. No timing is asserted."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 
@@ -11,6 +12,8 @@ import torch
 
 from benchmarks import bench_gpu
 from cascade.backend import LocalExecutor
+from cascade.backend.local import torch_threads
+from cascade.model.presets import LatentLayout, _random_model, preview_latents
 from cascade.schedule import make_schedule
 
 STEPS = 4
@@ -21,7 +24,15 @@ EXPECTED_TICKS = {
     "serial, no recache": QUICK_BLOCKS * STEPS,
     **{f"cascade W{w} s1": STEPS + 1 for w in (2, 3, 5)},
     **{f"cascade W{w} s1, no recache": STEPS + 1 for w in (2, 3, 5)},
+    **{f"cascade W{w} s1 joint": STEPS + 1 for w in (3, 5)},
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose much when the cores are shared."""
+    with torch_threads(1):
+        yield
 
 
 def _quick(tmp_path, *extra) -> tuple[dict, str]:
@@ -42,7 +53,9 @@ def test_quick_run_measures_every_variant(tmp_path, capsys):
         assert row["ideal_speedup"] == pytest.approx(EXPECTED_TICKS["serial"] / row["ticks"])
         assert row["fps_paper"] == pytest.approx(12 * QUICK_BLOCKS / row["latency_s"])
         assert row["peak_memory_gib"] is None  # CPU
-        assert row["executor"] == ("local" if name.startswith("serial") else "batched")
+        assert row["executor"] == ("local" if name.startswith("serial") or row["joint"] else "batched")
+        assert row["end_to_end_s"] >= row["latency_s"] and row["fps_end_to_end"] > 0
+        assert row["frames"] == 3 * QUICK_BLOCKS and row["forward_s"] > 0  # pixel space: a frame per latent frame
     assert rows["serial"]["speedup_vs_serial"] == pytest.approx(1.0)
     assert report["model"] == "random-tiny" and report["blocks"] == QUICK_BLOCKS and report["quick"]
     assert report["steps"] == STEPS and report["torch"] == torch.__version__ and report["dtype"] == "float32"
@@ -67,13 +80,15 @@ def test_failing_variants_are_recorded_and_saved_as_they_go(tmp_path, monkeypatc
     assert all(r["error"] == f"RuntimeError: CUDA out of memory in {r['name']}" for r in rows)
     table = out.with_suffix(".md").read_text()
     assert table.count("error: RuntimeError") == len(rows)
-    assert all(line.count("|") == 11 for line in table.splitlines() if line.startswith("| "))
+    assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("| "))
 
 
 def test_cuda_asked_for_but_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="CUDA is not available"):
         bench_gpu.main(["--json", str(tmp_path / "gpu.json"), "--device", "cuda"])
+    with pytest.raises(ValueError, match="CUDA is not available"):  # what `python -m cascade bench` prints
+        bench_gpu.run_gpu(argparse.Namespace(json=tmp_path / "gpu.json", device="cuda", model=None, blocks=8))
     assert not (tmp_path / "gpu.json").exists()
 
 
@@ -132,3 +147,48 @@ def test_local_executor_never_synchronizes_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", refuse)
     result = LocalExecutor("cpu").execute(_FakeJob(), make_schedule(2, STEPS))
     assert len(result.timeline) == 2 * (STEPS + 1) - 1  # the last block has no recache
+
+
+def test_projection_counts_ticks_forwards_and_kv_transfers():
+    rows = [dict(name="serial", window=1, ticks=9, latency_s=0.9, forward_s=0.1, text_s=0.2, decode_s=0.3,
+                 frames=21, joint=False),
+            dict(name="cascade W2 s1", window=2, ticks=5, latency_s=0.6, joint=False),
+            dict(name="cascade W3 s1 joint", window=3, ticks=5, latency_s=0.5, joint=True),
+            dict(name="cascade W5 s1", window=5, error="RuntimeError: out of memory")]
+    projected = bench_gpu.projection(rows, kv_bytes=2 * 10**9, link_gb_per_s=100.0, blocks=2)
+    assert [r["name"] for r in projected["rows"]] == ["cascade W2 s1"]  # joint runs on one device
+    row = projected["rows"][0]
+    assert row["comm_per_tick_s"] == pytest.approx(0.02)  # 2 GB to 1 other GPU at 100 GB/s
+    assert row["denoise_s"] == pytest.approx(5 * 0.12)
+    assert row["end_to_end_s"] == pytest.approx(0.2 + 0.6 + 0.3)
+    assert row["fps_end_to_end"] == pytest.approx(21 / 1.1) and row["fps_paper"] == pytest.approx(24 / 0.6)
+    assert row["speedup_vs_serial"] == pytest.approx(0.9 / 0.6)
+    table = bench_gpu.projection_lines(projected)
+    assert "computed, not measured" in table[1] and "100 GB/s" in table[1] and "| cascade W2 s1 | 2 | 5 |" in table[-1]
+
+
+WAN_LIKE = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64)
+
+
+def test_wan_latent_models_are_timed_with_text_encoder_and_vae_end_to_end(tmp_path, monkeypatch):
+    """Full-size umT5 and VAE stand in tiny here: the same code builds the real sizes on a GPU."""
+    model = _random_model("random-wan-like", WAN_LIKE, LatentLayout(16, 3, 2, 2), preview_latents, 16.0, "cpu",
+                          torch.float32, "Wan-like latents, random weights")
+    monkeypatch.setattr(bench_gpu, "load_model", lambda name, device, dtype: model)
+    monkeypatch.setattr(bench_gpu, "TEXT_ENCODER_CONFIG", dict(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False))
+    monkeypatch.setattr(bench_gpu, "VAE_CONFIG", dict(base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1))
+    every_variant = bench_gpu.variants
+    monkeypatch.setattr(bench_gpu, "variants", lambda: every_variant()[:3])
+    out = tmp_path / "gpu.json"
+    assert bench_gpu.main(["--json", str(out), "--device", "cpu", "--blocks", "2", "--repeats", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert "umT5 and VAE with random weights" in report["description"]
+    serial = report["variants"][0]
+    assert serial["frames"] == 1 + 4 * 5  # the Wan VAE: 1 frame for the first latent frame, 4 for each later
+    assert serial["text_s"] > 0 and serial["decode_s"] > 0
+    assert report["kv_block_bytes"] == 2 * 2 * 3 * 1 * 16 * 4  # K and V, 2 layers, 3 frames of 1 token, 16 dims
+    assert [r["name"] for r in report["projection"]["rows"]] == ["cascade W2 s1"]

@@ -5,6 +5,9 @@
   noise, and exists only to exercise the plumbing (tests, smoke runs).
 - ``random-wan2.1-1.3b``: Wan2.1-T2V-1.3B's transformer configuration with random weights, for
   timing the full-size computation on a GPU; frames are a preview of the latents, not video.
+- the Hub presets (``self-forcing-1.3b``, ``causvid-1.3b``, ``longlive-1.3b``,
+  ``rolling-forcing-1.3b``; ``checkpoints.py``): real checkpoints fetched through the Hugging Face
+  cache, and any folder written by ``python -m cascade convert --preset NAME``.
 """
 
 from __future__ import annotations
@@ -116,8 +119,10 @@ class RandomTextEncoder:
 
 
 def available_models() -> list[str]:
+    from .checkpoints import HUB_PRESETS
+
     bundled = sorted(p.name for p in WEIGHTS_ROOT.iterdir() if (p / MODEL_CONFIG_FILE).exists()) if WEIGHTS_ROOT.exists() else []
-    return bundled + ["random-tiny", "random-wan2.1-1.3b"]
+    return bundled + ["random-tiny", "random-wan2.1-1.3b", *HUB_PRESETS]
 
 
 def default_model_name() -> str:
@@ -133,10 +138,58 @@ def load_model(name: str | None = None, device: str | torch.device = "cpu", dtyp
     if name == "random-wan2.1-1.3b":
         return _random_model(name, WAN_1_3B, LatentLayout(16, 3, 60, 104), preview_latents, 16.0, device,
                              dtype or torch.bfloat16, "Wan2.1-T2V-1.3B transformer with RANDOM weights: timing only")
+    hub = _hub_source(name)
+    if hub is not None:
+        from .hub_models import load_hub_model
+
+        preset, folder = hub
+        return load_hub_model(preset, device=device, dtype=dtype, generator_folder=folder)
     folder = Path(name) if Path(name).is_dir() else WEIGHTS_ROOT / name
     if not (folder / MODEL_CONFIG_FILE).exists():
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return load_folder(folder, device=device, dtype=dtype or torch.float32)
+
+
+def load_transformer(name: str | None = None, device: str | torch.device = "cpu",
+                     dtype: torch.dtype | None = None) -> CausalWanTransformer:
+    """Only the transformer of a model (a worker's replica): a Hub preset's text encoder and VAE,
+    ~12 GB, stay unloaded."""
+    hub = _hub_source(name or default_model_name())
+    if hub is None:
+        return load_model(name, device=device, dtype=dtype).transformer
+    from .hub_models import load_hub_transformer
+
+    preset, folder = hub
+    return load_hub_transformer(preset, device=device, dtype=dtype, generator_folder=folder)
+
+
+def _hub_source(name: str):
+    """(preset, generator folder or None) when ``name`` is a Hub preset or a folder converted for
+    one; None otherwise. Deferred imports: the Hub side builds on this module's CascadeModel."""
+    from .checkpoints import HUB_PRESETS
+    from .convert import PROVENANCE_FILE
+
+    if name in HUB_PRESETS:
+        return HUB_PRESETS[name], None
+    folder = Path(name)
+    if (folder / PROVENANCE_FILE).is_file():
+        from .hub_models import converted_preset
+
+        return converted_preset(folder), folder
+    return None
+
+
+def preset_status(device: str | torch.device | None = None) -> list:
+    """Every model with whether it can run here now and why not (``PresetStatus``), for choosers
+    that offer only runnable ones; asks no network and loads no weights."""
+    from .hub_models import PresetStatus, hub_preset_status
+    from .checkpoints import HUB_PRESETS
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    built_in = [PresetStatus(name, True, "bundled with the package" if name not in ("random-tiny", "random-wan2.1-1.3b")
+                             else "random weights: plumbing and timing only")
+                for name in available_models() if name not in HUB_PRESETS]
+    return built_in + [hub_preset_status(preset, device) for preset in HUB_PRESETS.values()]
 
 
 def _on(transformer: CausalWanTransformer, device, dtype: torch.dtype) -> CausalWanTransformer:
@@ -211,8 +264,8 @@ class PresetLoader:
 
     def __call__(self, device: torch.device) -> torch.nn.Module:
         dtype = getattr(torch, self.dtype) if self.dtype else None
-        return load_model(self.name, device=device, dtype=dtype).transformer
+        return load_transformer(self.name, device=device, dtype=dtype)
 
 
 __all__ = ["CascadeModel", "LatentLayout", "PresetLoader", "ToyTextEncoder", "WordTokenizer", "available_models",
-           "load_model"]
+           "load_model", "load_transformer", "preset_status"]

@@ -142,7 +142,14 @@ class CausalWanAttnProcessor:
 
 
 class CausalWanTransformer(WanTransformer3DModel):
-    """``WanTransformer3DModel`` with a block KV cache, frame-offset RoPE and per-frame timesteps."""
+    """``WanTransformer3DModel`` with a block KV cache, frame-offset RoPE and per-frame timesteps.
+
+    ``sinusoid_dtype``: the dtype the timestep sinusoid is computed in. float32 is diffusers' own
+    path; the original Wan code (and every checkpoint trained with it) computes it in float64,
+    which loaders of those checkpoints set (a ~1e-5 difference in the embedding at t≈1000).
+    """
+
+    sinusoid_dtype: torch.dtype = torch.float32
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -269,7 +276,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         per_frame_steps = timestep.ndim == 2
         if per_frame_steps and timestep.shape != (rows, frames):
             raise ValueError(f"per-frame timestep must be [{rows}, {frames}], got {list(timestep.shape)}")
-        projected = embedder.timesteps_proj(timestep.flatten())
+        projected = self._sinusoid(timestep.flatten())
         time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
         temb = embedder.time_embedder(projected.to(time_dtype)).to(dtype)
         modulation = embedder.time_proj(embedder.act_fn(temb))
@@ -278,6 +285,15 @@ class CausalWanTransformer(WanTransformer3DModel):
         temb = temb.unflatten(0, (rows, frames)).repeat_interleave(per_frame, dim=1)
         modulation = modulation.unflatten(0, (rows, frames)).repeat_interleave(per_frame, dim=1)
         return temb, modulation.unflatten(2, (6, -1))
+
+    def _sinusoid(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The [cos, sin] timestep embedding (period 10000), in ``sinusoid_dtype``."""
+        if self.sinusoid_dtype == torch.float32:
+            return self.condition_embedder.timesteps_proj(timesteps)
+        half = self.config.freq_dim // 2
+        exponents = torch.arange(half, dtype=self.sinusoid_dtype, device=timesteps.device) / half
+        angles = torch.outer(timesteps.to(self.sinusoid_dtype), torch.pow(10000.0, -exponents))
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
     def _text_context(self, encoder_hidden_states: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
         if kv_cache is None:
