@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="generate one video")
     _add_run_options(generate)
-    generate.add_argument("--mode", choices=("serial", "cascade"), default="serial")
+    generate.add_argument("--mode", choices=("serial", "cascade"), default=None, help="default: the model's (serial)")
     generate.set_defaults(run=cmd_generate)
     comparison = commands.add_parser("compare", help="the same prompt and seed, serial and cascaded")
     _add_run_options(comparison)
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("eval", help="generate held-out prompts and score them with the analyzer")
     evaluate.add_arguments(quality)
     quality.set_defaults(run=evaluate.main)
+    from .model import convert
+
+    conversion = commands.add_parser("convert", help="an original Wan checkpoint -> a diffusers transformer folder")
+    convert.add_arguments(conversion)
+    conversion.set_defaults(run=convert.main)
     return parser
 
 

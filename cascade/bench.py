@@ -210,7 +210,7 @@ def end_to_end(service: Service, request: GenerateRequest, repeats: int) -> dict
         started = time.perf_counter()
         result = service.generate(request, files=False)
         times.append(time.perf_counter() - started)
-    return {"frames": result.stats["frames"], "blocks": request.blocks, "steps": result.stats["steps"],
+    return {"frames": result.stats["frames"], "blocks": result.stats["blocks"], "steps": result.stats["steps"],
             "bwcache": request.bwcache_delta,
             "seconds": statistics.median(times), "all_seconds": times}
 
@@ -274,7 +274,7 @@ def _run(service: Service, args: argparse.Namespace) -> dict:
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "processor": platform.processor()},
-        "model": model.name, "random_weights": model.random_weights, "blocks": args.blocks,
+        "model": model.name, "random_weights": model.random_weights, "blocks": base.resolved(model).blocks,
         "steps": args.steps or model.sampler.num_steps, "quick": args.quick,
         "bwcache": base.bwcache_delta,
         "bounds": {
@@ -447,17 +447,26 @@ def markdown(report: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer variants, prompts and repeats")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--blocks", type=int, default=None, help="video length in blocks (default: the model's)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--prompts", type=int, default=None, help="held-out prompt/seed pairs for quality")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here (e.g. BENCHMARKS.md)")
     parser.add_argument("--bwcache", action="store_true", help="BWCache on every row")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: serial against every cascade variant on one GPU, end to end at full size, "
+                             "with projected multi-GPU figures (benchmarks/bench_gpu.py)")
+    parser.add_argument("--link-gb-per-s", type=float, default=None,
+                        help="cuda: the link bandwidth the multi-GPU projection assumes")
     parser.add_argument("--bwcache-threshold", type=float, default=GenerateRequest.bwcache_threshold)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.device == "cuda":
+        from benchmarks.bench_gpu import run_gpu  # deferred: the GPU bench lives with the repo's benchmarks
+
+        return run_gpu(args)  # settings left None take the GPU bench's defaults (7 blocks, as Wan runs)
     args.prompts = args.prompts or (4 if args.quick else 32)
     args.repeats = args.repeats or (1 if args.quick else 5)
     report = run(args)

@@ -76,15 +76,18 @@ def steady_block_fps(completions: Sequence[float], frames_per_block: int) -> flo
     return frames_per_block / interval if interval > 0 else math.inf
 
 
-def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int) -> dict[str, Any]:
+def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int,
+               total_frames: int | None = None) -> dict[str, Any]:
     """Timing figures of one run.
 
     `frames_per_block` counts the frames the viewer gets per block (video frames after
-    decoding, not latent frames), so FPS figures are in the viewer's frames. Returns:
+    decoding, not latent frames), so FPS figures are in the viewer's frames; `total_frames`,
+    when a causal decoder gives the first block fewer (Wan's VAE: 9, then 12 per block), is the
+    whole video's. Returns:
 
     - ``latency_s``: end of the last item (the whole video is ready);
     - ``time_to_first_block_s``: end of the last item of block 0 (first frames can be shown);
-    - ``fps``: frames_per_block * num_blocks / latency_s;
+    - ``fps``: total_frames (default frames_per_block * num_blocks) / latency_s;
     - ``block_fps``: steady-state throughput, see :func:`steady_block_fps`;
     - ``forwards``: number of items (model forwards, recache included);
     - ``busy_share``: {worker: summed item durations / latency_s}, how much each worker worked.
@@ -100,7 +103,7 @@ def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int) 
     return {
         "latency_s": latency,
         "time_to_first_block_s": completions[0],
-        "fps": frames_per_block * num_blocks / latency,
+        "fps": (frames_per_block * num_blocks if total_frames is None else total_frames) / latency,
         "block_fps": steady_block_fps(completions, frames_per_block),
         "forwards": len(items),
         "busy_share": {worker: busy[worker] / latency for worker in sorted(busy)},

@@ -159,6 +159,7 @@ class PipelineOutput:
     text_s: float
     decode_s: float
     shown_s: list[float]  # per block: when its decoded frames were ready, on the run's clock
+    block_frames: list[int]  # per block: how many frames it decoded to
     communication: list = field(default_factory=list)  # per tick and worker, from distributed executors
     bwcache: dict | None = None  # what BWCache did, merged over every worker; None without it
 
@@ -234,6 +235,6 @@ class BlockCausalPipeline:
             frames=frames, latents=torch.cat([x.cpu() for x in result.latents], dim=2), schedule=schedule,
             timeline=result.timeline, model_calls=result.model_calls, executor=executor.name,
             workers=executor.workers, unknown_words=unknown[0], text_s=text_s, decode_s=decoding.decode_s,
-            shown_s=decoding.shown_s, communication=result.communication,
+            shown_s=decoding.shown_s, block_frames=[len(f) for f in decoding.frames], communication=result.communication,
             bwcache=merge_bw_cache_stats(reports) if reports else None,
         )

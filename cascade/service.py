@@ -34,7 +34,7 @@ from . import metrics
 from .backend import LocalExecutor
 from .backend.rank import KV_EXCHANGES
 from .caching import BWCacheConfig
-from .model.presets import CascadeModel, PresetLoader, available_models, default_model_name, load_model
+from .model.presets import CascadeModel, PresetLoader, default_model_name, load_model, preset_status
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn
 from .schedule import make_schedule
 
@@ -43,7 +43,7 @@ EXECUTORS = ("local", "batched", "distributed")
 RUN_LABELS = {"serial": "Serial (block-causal)", "cascade": "Block Cascading"}
 MAX_PROMPT_CHARS = 2000
 # What a request leaves unset and its model does not set (``CascadeModel.run_defaults``).
-FALLBACK_DEFAULTS = dict(blocks=8, window=4, recache=True, joint=False)
+FALLBACK_DEFAULTS = dict(mode="serial", blocks=8, window=4, recache=True, joint=False)
 FOLDER_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # what the service names its per-request folders
 WARM_UP_PROMPT = "a red circle moving right"
 
@@ -64,7 +64,7 @@ class GenerateRequest:
     """
 
     prompt: str
-    mode: str = "serial"
+    mode: str | None = None
     model: str | None = None
     blocks: int | None = None
     steps: int | None = None
@@ -91,7 +91,7 @@ class GenerateRequest:
             raise ValueError("the prompt is empty")
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
@@ -103,15 +103,19 @@ class GenerateRequest:
             raise ValueError(f"seed must be a whole number, got {self.seed!r}")
         if self.kv_exchange not in KV_EXCHANGES:
             raise ValueError(f"kv_exchange must be one of {', '.join(KV_EXCHANGES)}, got {self.kv_exchange!r}")
-        if self.joint and self.executor == "distributed":
-            raise ValueError("the joint variant runs a tick as one forward on one device: use a local executor")
+        self._check_joint()
         if not (isinstance(self.bwcache_threshold, (int, float)) and self.bwcache_threshold >= 0):
             raise ValueError(f"bwcache_threshold must be a number of at least 0, got {self.bwcache_threshold!r}")
+
+    def _check_joint(self) -> None:
+        if self.joint and self.mode != "serial" and self.executor == "distributed":
+            raise ValueError("the joint variant runs a tick as one forward on one device: use the local or "
+                             "batched executor")
 
     def resolved(self, model: CascadeModel) -> "GenerateRequest":
         """Every setting made concrete for ``model``; raises ValueError where they do not fit."""
         chosen = {}
-        for name in ("blocks", "steps", "window", "stride", "recache", "joint"):
+        for name in ("mode", "blocks", "steps", "window", "stride", "recache", "joint"):
             value = getattr(self, name)
             chosen[name] = model.run_defaults.get(name, FALLBACK_DEFAULTS.get(name)) if value is None else value
         request = replace(self, model=self.model or default_model_name(), **chosen)
@@ -119,6 +123,7 @@ class GenerateRequest:
             request = replace(request, steps=model.sampler.num_steps)
         if request.stride is None:
             request = replace(request, stride=min(default_stride(request.steps), request.items_per_block))
+        request._check_joint()
         if request.stride > request.items_per_block:
             raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
                              f"{' + recache' if request.recache else ''} = {request.items_per_block}), "
@@ -225,9 +230,10 @@ class Service:
                                threads=None if self.device == "cuda" else 1)
 
     def presets(self) -> list[dict]:
-        """Every model a request may name: ``{"name", "runnable", "needs"}``, ``needs`` saying
-        what a model that cannot run here would need."""
-        return [{"name": name, "runnable": True, "needs": ""} for name in available_models()]
+        """Every model a request may name: ``{"name", "runnable", "needs"}``; ``needs`` says why
+        one cannot run here now (no GPU, weights not downloaded: what to do). Loads nothing."""
+        return [{"name": p.name, "runnable": p.runnable, "needs": "" if p.runnable else p.reason}
+                for p in preset_status(self._local_device())]
 
     # --- requests ------------------------------------------------------------------------
 
@@ -355,7 +361,8 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
     blocks' frames were ready), forwards, cache reuse, K/V traffic and the timeline itself."""
     schedule = output.schedule
     frames = output.frames
-    timing = metrics.run_timing(output.timeline, frames.shape[0] // schedule.num_blocks, schedule.num_blocks)
+    # a later block's frames: a causal decoder may give the first block fewer
+    timing = metrics.run_timing(output.timeline, output.block_frames[-1], schedule.num_blocks, len(frames))
     return {
         "mode": request.mode,
         "model": model.name,

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             np.save(args.out / "frames.npy", output.frames)
             np.save(args.out / "latents.npy", output.latents.float().numpy())
             write_mp4(output.frames, args.out / "video.mp4", fps=model.fps)
-            timing = metrics.run_timing(output.timeline, output.frames.shape[0] // args.blocks, args.blocks)
+            timing = metrics.run_timing(output.timeline, output.block_frames[-1], args.blocks, len(output.frames))
             stats = {
                 "model": model.name, "prompt": args.prompt, "seed": args.seed, "executor": "torchrun",
                 "workers": executor.workers, "device": args.device, "kv_exchange": executor.kv_exchange,

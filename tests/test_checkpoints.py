@@ -446,3 +446,23 @@ def test_online_lookups_name_gated_absent_and_unreachable_and_download_the_rest(
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
     with pytest.raises(ValueError, match="the Hub cannot be reached from here"):
         hub.fetch([hub.HubFile("org/open", "other.pt"), files[0]], "demo")
+
+
+@pytest.mark.parametrize("name", list(HUB_PRESETS))
+def test_each_preset_compares_end_to_end_through_the_service(offline_hub, tmp_path, name):
+    from cascade.service import GenerateRequest, Service
+
+    defaults = HUB_PRESETS[name].run_defaults
+    with Service(output_root=tmp_path, device="cpu") as service:
+        result = service.compare(GenerateRequest(prompt="a red cat runs on the beach", model=name, blocks=2,
+                                                 executor="batched"))
+    serial, cascade = result.stats["serial"], result.stats["cascade"]
+    assert serial["model"] == cascade["model"] == name
+    assert (serial["window"], serial["joint"]) == (1, False)  # the comparison a user would otherwise make
+    if defaults.get("mode") == "cascade":  # Rolling Forcing's own schedule is the cascade side
+        assert (cascade["window"], cascade["stride"], cascade["joint"]) == (
+            defaults["window"], defaults["stride"], defaults["joint"])
+    frames = 1 + 4 * (3 * 2 - 1)  # Wan's causal VAE: 9 frames for the first block, 12 for each later one
+    assert result.serial.frames.shape == result.cascade.frames.shape == (frames, 32, 32, 3)
+    assert serial["fps"] == frames / serial["latency_s"]
+    assert all(path.stat().st_size > 0 for path in result.files.values())

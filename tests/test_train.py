@@ -1,5 +1,7 @@
 """The trainer: resumable to the bit, exports a loadable model, resumes from an export."""
 
+from pathlib import Path
+
 import torch
 
 from cascade.model.presets import load_model
@@ -7,8 +9,9 @@ from cascade.toy.train import NoiseLevels, TrainConfig, Trainer, block_causal_ma
 
 
 def small_config(tmp_path, steps: int) -> TrainConfig:
-    return TrainConfig(out=str(tmp_path / "run"), export=str(tmp_path / "export"), steps=steps, batch_size=2,
-                       clip_blocks=2, render_blocks=3, threads=1, log_every=1, save_every=2, export_every=100)
+    return TrainConfig(out=str(tmp_path / "run"), export=str(tmp_path / "export"), init_from="", steps=steps,
+                       batch_size=2, clip_blocks=2, render_blocks=3, threads=1, log_every=1, save_every=2,
+                       export_every=100)
 
 
 def weights(trainer: Trainer) -> list[torch.Tensor]:
@@ -86,23 +89,30 @@ def test_export_loads_as_a_model_and_training_resumes_from_it(tmp_path):
     _, unknown = model.encode_text(["a red circle zooming"])
     assert unknown == [["zooming"]]
 
-    fresh_run = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "elsewhere"), "steps": 3})
+    fresh_run = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "elsewhere"), "steps": 3,
+                               "init_from": str(folder)})
     resumed = Trainer(fresh_run)
-    assert resumed.resume() == config.export and resumed.step == 2
+    assert resumed.resume() == str(folder) and resumed.step == 2
     for a, b in zip(resumed.ema_transformer.state_dict().values(), model.transformer.state_dict().values()):
         assert torch.equal(a, b)
     resumed.run(log=lambda line: None)
     assert resumed.step == 3
 
 
-def test_object_weights_mark_exactly_the_object():
-    from cascade.toy import data
-    from cascade.toy.train import object_weights
+def test_training_never_writes_the_shipped_weights_unless_told_to(tmp_path):
+    import hashlib
 
-    spec = data.ClipSpec("red", "square", "right", "navy", 14, 20.0, 30.0)
-    clip = data.render_clip(spec, 3)[None]
-    weights = object_weights(clip, 10.0)
-    assert weights.shape == (1, 1, 3, 64, 64)
-    on_object = (clip[0] != clip[0, 0, 0, 0]).any(-1)
-    assert torch.equal(weights[0, 0] == 10.0, torch.from_numpy(on_object))
-    assert set(weights.unique().tolist()) == {1.0, 10.0}
+    from cascade.model.presets import WEIGHTS_ROOT
+
+    def shipped() -> dict:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (WEIGHTS_ROOT / "tiny-shapes").iterdir()}
+
+    before = shipped()
+    config = TrainConfig(**{**small_config(tmp_path, 2).__dict__, "export": "", "export_every": 1,
+                            "init_from": TrainConfig().init_from})
+    assert Path(config.init_from) == WEIGHTS_ROOT / "tiny-shapes"
+    trainer = Trainer(config)
+    assert trainer.resume() == config.init_from  # started from the shipped weights, read only
+    trainer.run(log=lambda line: None)
+    assert (tmp_path / "run" / "export" / "model.json").exists()
+    assert shipped() == before

@@ -11,7 +11,7 @@ Recipe (why, in short):
 - Clips are block-aligned crops of longer renders, so a block's context may start mid-motion, as
   it does at inference under the local window (``local_window = clip_blocks * 3`` frames: no
   block ever sees more context than training showed it).
-- Plain MSE on x0 (``object_weight`` 1). Weighing the object pixels (~3% of a frame) 10× was
+- Plain MSE on x0. Weighing the object pixels (~3% of a frame) 10× was
   tried from step 1,000: it biases the optimal prediction towards the object's colour wherever
   the position is uncertain, and 300 steps later frames were flooded with the prompt's colour,
   the flood growing block by block. Unweighted, the model learns backgrounds first and objects
@@ -59,7 +59,12 @@ SIZE = 64
 @dataclass
 class TrainConfig:
     out: str = "runs/tiny-shapes"
-    export: str = str(WEIGHTS_ROOT / "tiny-shapes")
+    # Where exports go; "" is OUT/export. The shipped weights are replaced only when asked for by
+    # name (--export cascade/weights/tiny-shapes), never by default.
+    export: str = ""
+    # The model folder a run without a checkpoint starts from (read, never written): on a new
+    # machine, the shipped weights; "" starts from random weights.
+    init_from: str = str(WEIGHTS_ROOT / "tiny-shapes")
     steps: int = 20000
     batch_size: int = 8
     clip_blocks: int = 4
@@ -69,7 +74,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema: float = 0.995
     clean_share: float = 0.25
-    object_weight: float = 1.0
     shift: float = 5.0
     inference_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     text_dim: int = 128
@@ -128,19 +132,6 @@ class NoiseLevels:
         return torch.where(clean, torch.zeros_like(sigmas), sigmas)
 
 
-def object_weights(clips: np.ndarray, object_weight: float) -> torch.Tensor:
-    """Per-pixel loss weights [B, 1, T, H, W]: ``object_weight`` on the object, 1 elsewhere.
-
-    The object covers ~3% of a frame, so an unweighted loss is nearly all background and the
-    model learns plain backgrounds long before it draws objects. Backgrounds are plain and
-    objects stay clear of the border, so the object is whatever differs from the corner pixel.
-    """
-    background = clips[:, :1, :1, :1, :]
-    on_object = np.any(clips != background, axis=-1)
-    weights = 1.0 + (object_weight - 1.0) * torch.from_numpy(on_object).float()
-    return weights[:, None]
-
-
 def training_clips(config: TrainConfig, step: int) -> tuple[np.ndarray, list[str]]:
     """The clips of training step ``step``: uint8 crops [B, T, H, W, 3] and their captions.
 
@@ -167,8 +158,6 @@ def loss_on_batch(transformer, text_encoder, levels, config, clips, captions, st
     with autocast:
         prediction = transformer(x_t, sigma_frames * NUM_TRAIN_TIMESTEPS, context, attention_mask=mask).sample
     weights = (sigma_frames > 0)[:, None, :, None, None].float()
-    if config.object_weight != 1.0:
-        weights = weights * object_weights(clips, config.object_weight).to(device)
     per_value = (prediction.float() - x0).pow(2) * weights
     return per_value.sum() / weights.expand_as(x0).sum().clamp(min=1)
 
@@ -198,14 +187,18 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    @property
+    def export_folder(self) -> Path:
+        return Path(self.config.export) if self.config.export else self.out / "export"
+
     def resume(self) -> str | None:
-        """Continue from the run's checkpoint, else from the exported (shipped) weights."""
+        """Continue from the run's checkpoint, else from ``init_from`` (the shipped weights)."""
         if self.checkpoint_path.exists():
             self._resume_checkpoint()
             return str(self.checkpoint_path)
-        if (Path(self.config.export) / MODEL_CONFIG_FILE).exists():
-            self._resume_export(Path(self.config.export))
-            return self.config.export
+        if self.config.init_from and (Path(self.config.init_from) / MODEL_CONFIG_FILE).exists():
+            self._resume_export(Path(self.config.init_from))
+            return self.config.init_from
         return None
 
     def _resume_export(self, folder: Path) -> None:
@@ -246,7 +239,7 @@ class Trainer:
 
     def export(self, folder: str | Path | None = None) -> Path:
         """Write the EMA weights as the loadable model folder that ships in the repo."""
-        folder = Path(folder or self.config.export)
+        folder = Path(folder) if folder else self.export_folder
         c = self.config
         info = {
             "name": "tiny-shapes",
@@ -258,7 +251,7 @@ class Trainer:
             "world": "shapes",
             "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
                          "clip_blocks": c.clip_blocks, "lr": c.lr, "ema": c.ema, "clean_share": c.clean_share,
-                         "object_weight": c.object_weight, "device": _device_name(self.device)},
+                         "device": _device_name(self.device)},
         }
         save_folder(folder, self.ema_transformer, TextEncoder(self.text.tokenizer, self.ema_encoder), info)
         return folder
