@@ -208,9 +208,13 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
             or not 0 <= threshold <= THRESHOLD_MAX:
         raise ValueError(f"the BWCache threshold must be a number from 0 to {THRESHOLD_MAX}, got {threshold!r}")
+    steps = whole("steps", steps, 1, LIMITS["steps"])
+    if whole("stride", stride, 1, LIMITS["stride"]) > steps + bool(recache):
+        raise ValueError(f"stride must be at most the items per block ({steps} steps"
+                         f"{' + recache' if recache else ''}), got {int(stride)}")
     request = GenerateRequest(
         prompt=prompt, mode="cascade", model=preset,
-        blocks=whole("blocks", blocks, 1, LIMITS["blocks"]), steps=whole("steps", steps, 1, LIMITS["steps"]),
+        blocks=whole("blocks", blocks, 1, LIMITS["blocks"]), steps=steps,
         window=whole("window", window, 1, LIMITS["window"]), stride=whole("stride", stride, 1, LIMITS["stride"]),
         recache=bool(recache), joint=variant == "joint", executor=BACKENDS[backend],
         workers=whole("workers", workers, 1, choices.max_workers), seed=whole("seed", seed, 0, SEED_MAX),
@@ -352,7 +356,7 @@ def run_table(stats: dict) -> str:
             ("forwards", f"{stats['forwards']}"), ("ticks", f"{stats['ticks']}"), ("cache reuse", reuse),
             ("backend", f"{stats['executor']}, {stats['workers']} worker{'s' if stats['workers'] != 1 else ''}"
                         + (f" × {threads} thread{'s' if threads != 1 else ''}" if threads else ""))]
-    return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return "| figure | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
 def escape_markdown(text: str) -> str:
@@ -438,9 +442,9 @@ def timeline_figure(stats: dict) -> go.Figure:
             hovertemplate="%{customdata[0]}<br>block %{customdata[1]}, step %{customdata[2]}<br>"
                           "worker %{customdata[3]}<br>%{customdata[4]:.3f} s → %{customdata[5]:.3f} s<extra></extra>")
     figure.update_layout(
-        barmode="overlay", height=140 + 34 * len(rows), margin=dict(l=10, r=10, t=40, b=40),
-        title="Who ran what, when (bars labelled with their step; R = recache)", legend_title_text="",
-        xaxis_title="seconds since the run started", uniformtext=dict(minsize=8, mode="hide"))
+        barmode="overlay", height=150 + 34 * len(rows), margin=dict(l=10, r=10, t=30, b=40),
+        legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"), xaxis_title="seconds since the run started",
+        uniformtext=dict(minsize=8, mode="hide"))
     figure.update_yaxes(categoryorder="array", categoryarray=rows, autorange="reversed")
     return figure
 
@@ -478,7 +482,8 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
                                                        buttons=[])
                     outputs[f"{name}_stats"] = gr.Markdown(elem_id=f"{name}-stats")
         quality = gr.Markdown(elem_id="quality")
-        timeline = gr.Plot(label="Timeline", elem_id="timeline")
+        timeline = gr.Plot(label="Timeline: who ran what, when (each bar a forward, labelled with its step; "
+                                 "R = recache)", elem_id="timeline")
         gr.Markdown("### Race replay\nBoth videos revealed block by block at the moments their frames were "
                     "ready, on one clock, slowed down so you can follow.")
         race = gr.HTML(value=None, html_template=RACE_TEMPLATE, css_template=RACE_CSS, js_on_load=RACE_JS,
