@@ -442,8 +442,9 @@ def timeline_figure(stats: dict) -> go.Figure:
             hovertemplate="%{customdata[0]}<br>block %{customdata[1]}, step %{customdata[2]}<br>"
                           "worker %{customdata[3]}<br>%{customdata[4]:.3f} s → %{customdata[5]:.3f} s<extra></extra>")
     figure.update_layout(
-        barmode="overlay", height=150 + 34 * len(rows), margin=dict(l=10, r=10, t=30, b=40),
-        legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"), xaxis_title="seconds since the run started",
+        # tall enough for a row per worker and for the legend's entry per block
+        barmode="overlay", height=max(120 + 34 * len(rows), 80 + 20 * len(bars)), margin=dict(l=10, r=10, t=30, b=40),
+        legend=dict(traceorder="normal"), xaxis_title="seconds since the run started",
         uniformtext=dict(minsize=8, mode="hide"))
     figure.update_yaxes(categoryorder="array", categoryarray=rows, autorange="reversed")
     return figure

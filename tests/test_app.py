@@ -261,6 +261,7 @@ def test_browser_compare_shows_videos_figures_timeline_and_replays_the_race(serv
     assert len(colours) == 2 and min(colours) > 10  # both sides drew frames, not an empty canvas
     for close in page.locator(".toast-close").all():  # the unknown-words toast would cover the picture
         close.click()
+    page.wait_for_selector(".toast-body", state="detached")
     page.screenshot(path=tmp_path / "screenshot.png", full_page=True)
     if os.environ.get("CASCADE_SCREENSHOT"):
         shutil.copyfile(tmp_path / "screenshot.png", os.environ["CASCADE_SCREENSHOT"])
