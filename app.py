@@ -168,7 +168,7 @@ def page_choices(service: Service, defaults: GenerateRequest | None = None) -> C
     presets = service.presets()
     runnable = tuple(p["name"] for p in presets if p["runnable"])
     request = defaults or service.default_request(load_examples()[0])
-    request = concrete(service, replace(request, mode="cascade", model=request.model or runnable[0]))
+    request = concrete(service, replace(request, mode="cascade"))
     return Choices(defaults=request, runnable=runnable,
                    unavailable=tuple((p["name"], p["needs"]) for p in presets if not p["runnable"]),
                    max_workers=max(2, request.workers))
@@ -218,8 +218,10 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
         window=whole("window", window, 1, LIMITS["window"]), stride=whole("stride", stride, 1, LIMITS["stride"]),
         recache=bool(recache), joint=variant == "joint", executor=BACKENDS[backend],
         workers=whole("workers", workers, 1, choices.max_workers), seed=whole("seed", seed, 0, SEED_MAX),
-        threads=choices.defaults.threads, bwcache=bool(bwcache), bwcache_threshold=float(threshold),
-        kv_exchange=choices.defaults.kv_exchange)
+        # a pool's workers keep the default's threads each (one core each on a CPU box); one device
+        # batched uses all of it, as the service's own one-device default does
+        threads=choices.defaults.threads if backend == "pool" else None,
+        bwcache=bool(bwcache), bwcache_threshold=float(threshold), kv_exchange=choices.defaults.kv_exchange)
     request.validate()
     return request
 
@@ -369,7 +371,8 @@ def speedup_markdown(stats: dict) -> str:
     serial, cascade = stats["serial"], stats["cascade"]
     return (f"## {stats['speedup']:.2f}× faster (ideal {stats['ideal_speedup']:.2f}×)\n"
             f"“{escape_markdown(serial['prompt'])}”, seed {serial['seed']}, {serial['model']}, "
-            f"{serial['blocks']} blocks × {serial['steps']} steps. Measured: serial {serial['latency_s']:.2f} s ÷ cascade {cascade['latency_s']:.2f} s. "
+            f"{serial['blocks']} blocks × {serial['steps']} steps. "
+            f"Measured: serial {serial['latency_s']:.2f} s ÷ cascade {cascade['latency_s']:.2f} s. "
             f"Ideal: the tick ratio, {serial['ticks']} ÷ {cascade['ticks']} ticks (what a backend with no "
             f"overhead would reach). Counted as {stats['counted_as']}.")
 
@@ -508,11 +511,10 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
             except (ValueError, RuntimeError) as error:
                 raise user_error(error) from None
 
-        compare_button.click(run_page, inputs=[prompt, *settings], outputs=page_outputs, api_visibility="private",
-                             concurrency_id=BACKEND, concurrency_limit=1, show_progress="full",
-                             show_progress_on=[speedup])
-        prompt.submit(run_page, inputs=[prompt, *settings], outputs=page_outputs, api_visibility="private",
-                      concurrency_id=BACKEND, concurrency_limit=1, show_progress="full", show_progress_on=[speedup])
+        # the progress bar and the queue position show on the speedup line, so the previews stay visible
+        gr.on([compare_button.click, prompt.submit], run_page, inputs=[prompt, *settings], outputs=page_outputs,
+              api_visibility="private", concurrency_id=BACKEND, concurrency_limit=1, show_progress="full",
+              show_progress_on=[speedup])
         gr.api(api_function(backend), api_name="compare", concurrency_id=BACKEND, concurrency_limit=1)
     return demo
 
@@ -558,9 +560,11 @@ def settings_panel(service: Service, choices: Choices) -> list:
 
 
 def presets_note(choices: Choices) -> str:
-    lines = [f"Defaults are this machine's best: {choices.defaults.executor} executor, "
-             f"{choices.defaults.workers} workers." if choices.defaults.executor == "distributed" else
-             "Defaults are this machine's best: one device, batched."]
+    d = choices.defaults
+    backend = (f"a worker pool of {d.workers} workers" + (f", {d.threads} thread each" if d.threads == 1 else "")
+               if d.executor == "distributed" else "one device, batched")
+    lines = [f"The defaults are what runs best on this machine: {backend}, {d.blocks} blocks × {d.steps} steps, "
+             f"window {d.window}, stride {d.stride}."]
     if choices.unavailable:
         lines.append("Presets that cannot run here: " + "; ".join(
             f"**{html.escape(name)}** (needs {html.escape(needs)})" for name, needs in choices.unavailable) + ".")
@@ -640,7 +644,7 @@ def launch_options(service: Service) -> dict:
 
 def main() -> None:
     with Service(ttl_s=OUTPUT_TTL_S) as service:
-        build_demo(service).queue(default_concurrency_limit=1).launch(**launch_options(service))
+        build_demo(service).launch(**launch_options(service))
 
 
 if __name__ == "__main__":  # the pool's worker processes import this file too: start nothing there

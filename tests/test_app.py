@@ -40,7 +40,7 @@ def served(tmp_path_factory):
     """The app with this machine's defaults, launched on a free port: (demo, url, service)."""
     with Service(output_root=tmp_path_factory.mktemp("app-outputs"), ttl_s=3600) as service:
         demo = app.build_demo(service)
-        demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                             quiet=True, **app.launch_options(service))
         try:
             yield demo, demo.local_url, service
@@ -81,9 +81,9 @@ def test_page_settings_make_the_request_they_show():
                                                                        bwcache=True, threshold=0.3, seed=7.0))
     assert (request.executor, request.joint, request.bwcache, request.bwcache_threshold, request.seed) == \
         ("batched", True, True, 0.3, 7)
-    assert (request.blocks, request.steps, request.window, request.stride, request.threads) == (8, 4, 4, 2, 1)
+    assert (request.blocks, request.steps, request.window, request.stride, request.threads) == (8, 4, 4, 2, None)
     pooled = app.make_request(choices(), "a red circle", *page_values())
-    assert (pooled.executor, pooled.workers, pooled.joint) == ("distributed", 2, False)
+    assert (pooled.executor, pooled.workers, pooled.joint, pooled.threads) == ("distributed", 2, False, 1)
 
 
 @pytest.mark.parametrize("prompt, changes, message", [
@@ -136,6 +136,12 @@ def test_timeline_gives_a_row_per_worker_and_a_lane_per_batched_item():
     assert list(by_block["block 0"].text) == ["0", "R", "0"]
     assert list(by_block["block 0"].base) == [0.0, 0.1, 0.0]
     assert list(by_block["block 2"].y) == ["Block Cascading · worker 1 (2)"]
+
+
+def test_presets_that_cannot_run_here_are_listed_with_what_they_need():
+    note = app.presets_note(choices())
+    assert "**self-forcing-1.3b** (needs a CUDA GPU and the Wan2.1 checkpoints)" in note
+    assert "a worker pool of 2 workers, 1 thread each, 8 blocks × 4 steps" in note
 
 
 def test_user_text_is_shown_escaped():
@@ -208,8 +214,8 @@ def test_comparisons_take_turns_in_gradio_queue(served, client):
     jobs = [client.submit("a green ball falling", api_name="/compare", blocks=2) for _ in range(2)]
     waits = [job.result(timeout=120)[3]["queued_s"] for job in jobs]
     assert max(waits) < 0.05
-    queued = [fn for fn in served[0].fns.values() if fn.queue]  # the page's button, its Enter key, the API
-    assert len(queued) == 3 and {(fn.concurrency_id, fn.concurrency_limit) for fn in queued} == {(app.BACKEND, 1)}
+    queued = [fn for fn in served[0].fns.values() if fn.queue]  # the page's Compare (button or Enter), the API
+    assert len(queued) == 2 and {(fn.concurrency_id, fn.concurrency_limit) for fn in queued} == {(app.BACKEND, 1)}
 
 
 # --- a real browser ------------------------------------------------------------------------------
