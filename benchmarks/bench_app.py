@@ -1,0 +1,140 @@
+"""The app's own cost: how long ``python app.py`` takes to serve its page, and how much a
+comparison through the app costs beyond the two runs it contains.
+
+    python -m benchmarks.bench_app [--runs 5] [--prompt TEXT] [--out benchmarks/results]
+
+Starts ``python app.py`` on a free port (its default settings: on a CPU box a pool with one
+worker per core) and times it until the page answers (time to serve). Then N default
+comparisons go through ``gradio_client``, one after another; the first also waits for the
+warm-up the app runs in the background, so it is reported apart. For each comparison: the
+client's wall time (request sent to all three videos downloaded), the two runs' latencies from
+its stats, and the overhead = wall time - (serial latency + cascade latency): text encoding,
+decoding, quality figures and files in the service, plus Gradio's queue, transfer and the
+client's downloads. Writes ``bench_app.json`` and ``bench_app.md`` under ``--out``. No timing is
+asserted anywhere: run it alone on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a red circle moving right"
+SERVE_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(port: int) -> tuple[subprocess.Popen, float]:
+    """``python app.py`` on ``port``; returns the process and the seconds until its page answered."""
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    while time.perf_counter() - started < SERVE_TIMEOUT_S:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with code {process.returncode} before serving its page")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return process, time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_app(process)
+    raise RuntimeError(f"app.py did not serve its page within {SERVE_TIMEOUT_S} s")
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    """Ctrl-C, as a person would: the app closes its Service (and the pool's workers) on the way out."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def one_comparison(client, prompt: str) -> dict:
+    started = time.perf_counter()
+    _, _, _, stats = client.predict(prompt, api_name="/compare")
+    wall = time.perf_counter() - started
+    latencies = stats["serial"]["latency_s"] + stats["cascade"]["latency_s"]
+    return {"wall_s": wall, "serial_latency_s": stats["serial"]["latency_s"],
+            "cascade_latency_s": stats["cascade"]["latency_s"], "overhead_s": wall - latencies,
+            "queued_s": stats["queued_s"], "speedup": stats["speedup"], "executor": stats["cascade"]["executor"],
+            "workers": stats["cascade"]["workers"], "blocks": stats["cascade"]["blocks"],
+            "steps": stats["cascade"]["steps"]}
+
+
+def summary(rows: list[dict], key: str) -> dict:
+    values = [row[key] for row in rows]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def markdown(report: dict) -> str:
+    steady = report["steady"]
+    first = report["first"]
+    setting = report["runs"][0]
+    lines = [f"App (`python app.py`, default settings: {setting['executor']} executor, {setting['workers']} workers, "
+             f"{setting['blocks']} blocks × {setting['steps']} steps), {len(report['runs']) - 1} comparisons after "
+             f"the first, through gradio_client:", "",
+             "| figure | median | min | max |", "|---|---|---|---|",
+             f"| time to serve the page | {report['serve_s']:.1f} s | | |",
+             f"| first comparison (waits for the warm-up) | {first['wall_s']:.2f} s | | |"]
+    if steady:
+        for key, label in (("wall_s", "comparison, client wall time"),
+                           ("serial_latency_s", "serial latency"), ("cascade_latency_s", "cascade latency"),
+                           ("overhead_s", "app overhead (wall − both latencies)")):
+            s = steady[key]
+            lines.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
+    lines += ["", f"Machine: {report['machine']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="comparisons after the first (default 5)")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    from gradio_client import Client
+
+    port = free_port()
+    process, serve_s = start_app(port)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        runs = [one_comparison(client, args.prompt) for _ in range(args.runs + 1)]
+    finally:
+        stop_app(process)
+    steady = runs[1:]
+    report = {"serve_s": serve_s, "first": runs[0], "runs": runs,
+              "steady": {key: summary(steady, key) for key in ("wall_s", "serial_latency_s", "cascade_latency_s",
+                                                               "overhead_s")} if steady else {},
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_app.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "bench_app.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
