@@ -168,18 +168,10 @@ def page_choices(service: Service, defaults: GenerateRequest | None = None) -> C
     presets = service.presets()
     runnable = tuple(p["name"] for p in presets if p["runnable"])
     request = defaults or service.default_request(load_examples()[0])
-    request = concrete(service, replace(request, mode="cascade"))
+    request = service.resolve(replace(request, mode="cascade"))
     return Choices(defaults=request, runnable=runnable,
                    unavailable=tuple((p["name"], p["needs"]) for p in presets if not p["runnable"]),
                    max_workers=max(2, request.workers))
-
-
-def concrete(service: Service, request: GenerateRequest) -> GenerateRequest:
-    """``request`` with the model's own settings filled in, to show as the page's defaults.
-
-    The Service has no public door for this yet (``Service.resolve`` is asked for); until it
-    has, this reads the resolved request the service itself would run."""
-    return service._resolve(request)[0]
 
 
 def whole(name: str, value, low: int, high: int) -> int:
@@ -336,12 +328,6 @@ def replay_data(result, counts: dict[str, list[int]]) -> dict:
                      "height": height, "counts": counts[name], "shown_s": run.stats["blocks_shown_s"]})
     end = max(run["shown_s"][-1] for run in runs)
     return {"runs": runs, "slow": max(1.0, REPLAY_SECONDS / end), "fps": result.serial.stats["fps_video"]}
-
-
-def plain_json(stats: dict) -> dict:
-    """``stats`` as stats.json holds it: Gradio's serializer takes only string keys, and a few
-    figures (busy share per worker) are keyed by worker number."""
-    return json.loads(json.dumps(stats))
 
 
 def percent(value) -> str:
@@ -607,7 +593,7 @@ def page_updates(backend: Backend, request: GenerateRequest, progress):
            str(result.files["cascade.mp4"]), *(block_strip(tiles[name], num_blocks, shape) for name in RUNS),
            run_table(stats["serial"]), run_table(stats["cascade"]), quality_markdown(stats), timeline_figure(stats),
            replay_data(result, counts), [str(result.files["side_by_side.mp4"]), str(result.files["stats.json"])],
-           plain_json(stats))
+           stats)
 
 
 def api_function(shared: Backend):
@@ -632,7 +618,7 @@ def api_function(shared: Backend):
             raise user_error(error) from None
         files = result.files
         return (gr.FileData(path=str(files["serial.mp4"])), gr.FileData(path=str(files["cascade.mp4"])),
-                gr.FileData(path=str(files["side_by_side.mp4"])), plain_json(result.stats))
+                gr.FileData(path=str(files["side_by_side.mp4"])), result.stats)
 
     return compare
 

@@ -230,10 +230,11 @@ def json_safe(value: Any) -> Any:
 
     Standard JSON (and browsers' JSON.parse) has no Infinity or NaN; a string keeps the meaning
     readable and ``float(s)`` turns it back. Recurses into dicts, lists and tuples; numpy scalars
-    become Python numbers.
+    become Python numbers and dict keys strings (as JSON has them: a stats dict then reads the
+    same before and after a round trip through a file or an API).
     """
     if isinstance(value, Mapping):
-        return {key: json_safe(item) for key, item in value.items()}
+        return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     if isinstance(value, np.generic):

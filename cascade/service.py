@@ -235,6 +235,13 @@ class Service:
         return [{"name": p.name, "runnable": p.runnable, "needs": "" if p.runnable else p.reason}
                 for p in preset_status(self._local_device())]
 
+    def resolve(self, request: GenerateRequest) -> GenerateRequest:
+        """``request`` with every setting made concrete for its model (loading the model, in
+        turn), as ``generate`` and ``compare`` would run it; ValueError where settings do not fit."""
+        request.validate()
+        with self._turn():
+            return self._resolve(request)[0]
+
     # --- requests ------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
@@ -284,9 +291,7 @@ class Service:
         request a user makes is timed like every later one. The short run keeps the video's
         geometry (so pools reuse their K/V caches) and runs one step per block."""
         request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
-        request.validate()
-        with self._turn():
-            self._resolve(request)  # a request that cannot run fails here, before the warm-up's work
+        self.resolve(request)  # a request that cannot run fails here, before the warm-up's work
         short = replace(request, prompt=WARM_UP_PROMPT, steps=1, stride=1)
         with tempfile.TemporaryDirectory() as folder:
             self.compare(short, folder=folder)

@@ -189,6 +189,9 @@ def preset_status(device: str | torch.device | None = None) -> list:
     built_in = [PresetStatus(name, True, "bundled with the package" if name not in ("random-tiny", "random-wan2.1-1.3b")
                              else "random weights: plumbing and timing only")
                 for name in available_models() if name not in HUB_PRESETS]
+    if device.type != "cuda":  # full size on a CPU: minutes per video, noise only
+        built_in = [PresetStatus(p.name, False, "a CUDA GPU (Wan2.1-1.3B size, random weights: for GPU timing)")
+                    if p.name == "random-wan2.1-1.3b" else p for p in built_in]
     return built_in + [hub_preset_status(preset, device) for preset in HUB_PRESETS.values()]
 
 
