@@ -19,7 +19,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=R.steps, help="denoising steps per block (default: the model's)")
     parser.add_argument("--window", type=int, default=R.window, help="cascade: blocks in flight at once (default 4)")
     parser.add_argument("--stride", type=int, default=R.stride,
-                        help="cascade: steps a block runs before the next starts (default: half the steps, "
+                        help="cascade: steps a block runs before the next starts (default: a quarter of the steps, at least 2, "
                              "which keeps serial quality; 1 is fastest, see BENCHMARKS.md)")
     parser.add_argument("--no-recache", dest="recache", action="store_const", const=False, default=R.recache,
                         help="skip the clean K/V rewrite after each block")

@@ -417,7 +417,7 @@ def markdown(report: dict) -> str:
         f"**{e2e[1]['seconds']:.2f} s** at {e2e[1]['steps']} steps with BWCache δ={e2e[1]['bwcache']:g}.",
         "",
         "Comm share: the time the most-blocked worker's items waited for K/V still on their way, "
-        "over the latency. The default cascade of the CLI and the app is W4 with a stride of half the steps. "
+        "over the latency. The default cascade of the CLI and the app is W4 with a stride of a quarter of the steps, at least 2. "
         "Rows are compared with plain serial at the same step count. A row without recache "
         "runs fewer forwards than the serial rows, so its share of the bound can pass 100%. The share of a "
         "\"both\" row is of the product of its tick ratio and its cut in block computations."

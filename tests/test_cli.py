@@ -127,6 +127,6 @@ def test_eval_scores_held_out_clips_and_records_the_cache(tmp_path):
                  "--steps", "2", "--bwcache", "--bwcache-threshold", "0.2", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 4, 1, 0.2)
+    assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 4, 2, 0.2)
     assert report["prompts"] == len(report["items"]) == 2
     assert {"colour", "shape", "motion", "one_object"} <= set(report["summary"])

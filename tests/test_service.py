@@ -164,7 +164,7 @@ def test_unset_settings_take_the_models_then_the_fallback_defaults():
     assert (own.blocks, own.window, own.stride, own.joint, own.recache) == (5, 5, 1, True, False)
     asked = GenerateRequest(prompt="x", mode="cascade", blocks=2, joint=False).resolved(model)
     assert (asked.blocks, asked.joint) == (2, False)
-    assert GenerateRequest(prompt="x", steps=16).resolved(load_model("random-tiny")).stride == 8
+    assert GenerateRequest(prompt="x", steps=16).resolved(load_model("random-tiny")).stride == 4
 
 
 def test_loading_a_model_leaves_the_callers_random_state_alone():
