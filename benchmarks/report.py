@@ -5,7 +5,13 @@
     python -m cascade eval --steps 16 --prompts 96 --json benchmarks/results/eval_serial_16steps.json
     python -m cascade eval --steps 16 --bwcache --bwcache-threshold 0.3 --prompts 96 \
         --json benchmarks/results/eval_serial_16steps_bwcache.json
+    python -m cascade eval --mode cascade --window 4 --stride 2 --prompts 96 --executor batched \
+        --json benchmarks/results/eval_cascade_w4s2.json
+    python -m cascade eval --mode cascade --window 4 --stride 4 --steps 16 --prompts 96 --executor batched \
+        --json benchmarks/results/eval_cascade_w4s4_16steps.json          # and --stride 8: ..._w4s8_16steps.json
     python -m cascade bench --json benchmarks/results/cascade.json --markdown benchmarks/results/cascade.md
+    python -m benchmarks.bench_service --json benchmarks/results/warm_start.json
+    python -m benchmarks.bench_app --runs 5 --out benchmarks/results
     python -m benchmarks.bench_cache
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine
     python -m benchmarks.report
@@ -19,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("cascade.md", "bench_gpu.md", "bench_cache.md")
+SECTIONS = ("cascade.md", "warm_start.md", "bench_app.md", "bench_gpu.md", "bench_cache.md")
 
 HEADER = """# Benchmarks
 
