@@ -38,6 +38,7 @@ import torch.multiprocessing as mp
 from ..schedule import Schedule
 from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
+from .local import torch_threads
 from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor, refuse_joint
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
@@ -302,6 +303,13 @@ class DistributedExecutor:
         for command_queue in self._pool.commands:
             command_queue.put(command)
         blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
+        # What this process does meanwhile (decoding the blocks handed on) runs on one thread: torch's
+        # idle intra-op threads would spin on the cores the workers run on.
+        with torch_threads(1):
+            return self._serve_run(blocks, progress)
+
+    def _serve_run(self, blocks: BlockHandOff, progress) -> ExecutionResult:
+        """Pass on the current run's progress and blocks until its result arrives."""
         while True:
             message = self._next_message(None, f"run {self._run_id}")
             kind, run_id = message[0], message[1]
