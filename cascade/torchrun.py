@@ -29,7 +29,7 @@ from . import metrics
 from .backend.rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor
 from .model.presets import load_model
 from .pipeline import BlockCausalPipeline
-from .schedule import make_schedule
+from .service import GenerateRequest, run_stats
 from .video import write_mp4
 
 
@@ -40,11 +40,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default=None, help="model name (default: the bundled tiny-shapes)")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--blocks", type=int, default=None, help="video length in blocks (default: the model's)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per block (default: the model's)")
     parser.add_argument("--window", type=int, default=1, help="blocks in flight at once (1: serial)")
     parser.add_argument("--stride", type=int, default=None, help="items a block runs before the next starts")
-    parser.add_argument("--no-recache", action="store_true")
+    parser.add_argument("--no-recache", dest="recache", action="store_const", const=False, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (CPU)")
@@ -70,28 +70,22 @@ def main(argv: list[str] | None = None) -> int:
                             timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
         model = load_model(args.model, device=device)
-        steps = args.steps or model.sampler.num_steps
-        schedule = make_schedule(args.blocks, steps, window=args.window, stride=args.stride,
-                                 recache=not args.no_recache)
+        request = GenerateRequest(prompt=args.prompt, mode="cascade" if args.window > 1 else "serial", model=args.model,
+                                  blocks=args.blocks, steps=args.steps, window=args.window, stride=args.stride,
+                                  recache=args.recache, seed=args.seed, threads=args.threads)
+        request.validate()
+        request = request.resolved(model)
         executor = RankExecutor(device, args.kv_exchange)
-        output = BlockCausalPipeline(model)(args.prompt, schedule, executor, seed=args.seed)
+        output = BlockCausalPipeline(model)(request.prompt, request.schedule(), executor, seed=request.seed)
         if dist.get_rank() == 0:
             args.out.mkdir(parents=True, exist_ok=True)
             np.save(args.out / "frames.npy", output.frames)
             np.save(args.out / "latents.npy", output.latents.float().numpy())
             write_mp4(output.frames, args.out / "video.mp4", fps=model.fps)
-            timing = metrics.run_timing(output.timeline, output.block_frames[-1], args.blocks, len(output.frames))
-            stats = {
-                "model": model.name, "prompt": args.prompt, "seed": args.seed, "executor": "torchrun",
-                "workers": executor.workers, "device": args.device, "kv_exchange": executor.kv_exchange,
-                "blocks": args.blocks, "steps": steps,
-                "window": schedule.window, "stride": schedule.stride, "recache": schedule.recache,
-                "ticks": schedule.num_ticks, "model_calls": output.model_calls, **timing,
-                "timeline": [entry.as_dict() for entry in output.timeline],
-            }
+            stats = {**run_stats(request, model, executor, output), "executor": "torchrun", "device": args.device}
             (args.out / "stats.json").write_text(json.dumps(metrics.json_safe(stats), indent=1) + "\n")
-            print(f"{executor.workers} ranks: {output.frames.shape[0]} frames in {timing['latency_s']:.2f} s, "
-                  f"{schedule.num_ticks} ticks, {output.model_calls} forwards -> {args.out}")
+            print(f"{executor.workers} ranks: {output.frames.shape[0]} frames in {stats['latency_s']:.2f} s, "
+                  f"{stats['ticks']} ticks, {output.model_calls} forwards -> {args.out}")
     finally:
         dist.destroy_process_group()
     return 0

@@ -164,3 +164,31 @@ def test_seed_changes_the_video_and_fixes_it(model):
     b = pipe(PROMPT, make_schedule(2, 3), LocalExecutor(), seed=1).latents
     c = pipe(PROMPT, make_schedule(2, 3), LocalExecutor(), seed=2).latents
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+class RecordingDecoder:
+    """A block decoder that keeps the blocks it was fed, to check they come once each, in order."""
+
+    def __init__(self, fed: list):
+        self.fed = fed
+
+    def __call__(self, latent: torch.Tensor) -> np.ndarray:
+        self.fed.append(latent.clone())
+        return decode_pixels(latent)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("window, stride", [(1, None), (3, 1)])
+def test_blocks_are_decoded_one_by_one_as_they_finish_and_equal_the_whole_decode(model, batched, window, stride):
+    fed, handed = [], []
+    model = dataclasses.replace(model, new_block_decoder=lambda: RecordingDecoder(fed))
+    schedule = make_schedule(3, 3, window=window, stride=stride)
+    out = BlockCausalPipeline(model)(PROMPT, schedule, LocalExecutor(batched=batched), seed=SEED,
+                                     on_block=lambda block, frames, t: handed.append((block, frames, t)))
+    assert [block for block, _, _ in handed] == [0, 1, 2]
+    assert torch.equal(torch.cat(fed, dim=2), out.latents)  # each block once, in order
+    assert np.array_equal(np.concatenate([frames for _, frames, _ in handed]), decode_pixels(out.latents))
+    assert np.array_equal(out.frames, decode_pixels(out.latents))
+    assert out.block_frames == [LAYOUT.frames_per_block] * 3
+    final_step_end = {e.block: e.end for e in out.timeline if e.step == schedule.num_steps - 1}
+    assert all(t >= final_step_end[block] for block, _, t in handed)  # handed on once final, not before
