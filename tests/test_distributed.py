@@ -26,6 +26,7 @@ from cascade.model import CausalWanTransformer
 from cascade.model.presets import TINY, PresetLoader, load_model
 from cascade.pipeline import BlockCausalPipeline, DenoiseJob
 from cascade.schedule import make_schedule
+from process_checks import alive
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -65,14 +66,6 @@ def make_job(model, schedule, transformer=None) -> DenoiseJob:
     text, _ = model.encode_text([PROMPT])
     return DenoiseJob(transformer=transformer or model.transformer, text=text, sampler=model.sampler.with_steps(STEPS),
                       layout=model.layout, num_blocks=schedule.num_blocks, seed=SEED)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

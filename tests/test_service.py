@@ -12,18 +12,11 @@ import torch
 
 from cascade.model.presets import load_model
 from cascade.service import FifoLock, GenerateRequest, Service, default_stride
+from process_checks import alive
 
 SMALL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", blocks=3, steps=2, window=2,
                         stride=1, threads=1)
 SHARED_MEMORY = Path("/dev/shm")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
