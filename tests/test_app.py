@@ -124,7 +124,7 @@ def test_examples_show_the_whole_bundled_world():
 
 def test_timeline_gives_a_row_per_worker_and_a_lane_per_batched_item():
     def run(entries):
-        return {"timeline": [dict(zip(("block", "step", "worker", "start", "end"), e)) for e in entries]}
+        return {"timeline": [dict(zip(("block", "step", "worker", "start", "end"), e)) for e in entries], "switches": []}
 
     stats = {"serial": run([(0, 0, 0, 0.0, 0.1), (0, "recache", 0, 0.1, 0.2), (1, 0, 0, 0.2, 0.3)]),
              "cascade": run([(0, 0, 0, 0.0, 0.1), (1, 0, 1, 0.05, 0.15), (2, 0, 1, 0.05, 0.15)])}
