@@ -469,10 +469,15 @@ def timeline_figure(stats: dict) -> go.Figure:
         legend=dict(traceorder="normal"), xaxis_title="seconds since the run started",
         uniformtext=dict(minsize=8, mode="hide"))
     figure.update_yaxes(categoryorder="array", categoryarray=rows, autorange="reversed")
-    for name, position in zip(RUNS, ("top", "bottom")):
+    # each run's labels on a line of their own above the plot, so two close switches stay readable
+    for level, name in enumerate(RUNS):
         for switch in stats[name]["switches"]:
-            figure.add_vline(x=switch["at_s"], line_dash="dash", line_color="#b8860b", annotation_position=position,
-                             annotation_text=f"{RUN_LABELS[name]}: prompt of block {switch['block']}")
+            figure.add_vline(x=switch["at_s"], line_dash="dash", line_color="#b8860b")
+            figure.add_annotation(x=switch["at_s"], y=1, yref="paper", yanchor="bottom", xanchor="left",
+                                  yshift=2 + 16 * level, showarrow=False, font_size=11,
+                                  text=f"{RUN_LABELS[name]}: prompt of block {switch['block']}")
+    if figure.layout.shapes:
+        figure.update_layout(margin_t=64)
     return figure
 
 

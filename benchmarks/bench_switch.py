@@ -19,7 +19,6 @@ transition) against the new prompt, on ``--schedules`` held-out switch schedules
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.output import write_report
 from cascade.service import GenerateRequest, Service
 from cascade.toy.evaluate import evaluate_switches
 
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 "executor": rows[-1]["executor"], "workers": rows[-1]["workers"], "cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads()}
     report = {"settings": settings, "runs": args.runs, "summary": summary(rows), "rows": rows, "quality": qualities}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    args.json.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.json, report, markdown(report))
     return 0
 
 

@@ -95,9 +95,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     q = s["quality"]
     print(f"speedup {s['speedup']:.2f}x (ideal {s['ideal_speedup']:.2f}x; {s['counted_as']}); cascade vs serial "
           f"PSNR {float(q['psnr_db']):.1f} dB, SSIM {q['ssim']:.3f} -> {args.out}")
-    for switch in s["switches"]:
-        serial, cascade = switch["serial"], switch["cascade"]
-        print(f"switch at block {switch['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "
+    for serial, cascade in zip(s["serial"]["switches"], s["cascade"]["switches"]):
+        print(f"switch at block {serial['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "
               f"forwards, cascade {cascade['latency_s']:.2f} s and {cascade['forwards']}")
     return 0
 

@@ -488,14 +488,8 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
         "speedup": s["latency_s"] / c["latency_s"],
         "ideal_speedup": s["ticks"] / c["ticks"],
         "counted_as": counted_as,
-        "switches": [{"block": a["block"], "prompt": a["prompt"], "serial": _switch_cost(a), "cascade": _switch_cost(b)}
-                     for a, b in zip(s["switches"], c["switches"])],
         "quality": quality(serial, cascade, request.prompts, model),
     }
-
-
-def _switch_cost(switch: dict) -> dict:
-    return {"latency_s": switch["latency_s"], "forwards": switch["forwards"]}
 
 
 def quality(serial: GenerateResult, cascade: GenerateResult, prompts: PromptSchedule, model: CascadeModel) -> dict:
