@@ -132,7 +132,8 @@ def markdown(report: dict) -> str:
               "|---|---|---|---|---|---|"]
     for name in RUNS:
         before, after = q[name]["summary"]["before"], q[name]["summary"]["after"]
-        lines.append(f"| {name} (W{q[name]['window']} s{q[name]['stride']}) | {_cell(before['colour'])} | "
+        label = name if name == "serial" else f"{name} W{q[name]['window']} s{q[name]['stride']}"
+        lines.append(f"| {label} | {_cell(before['colour'])} | "
                      f"{_cell(after['colour'])} | {_cell(after['shape'])} | {_cell(after['motion'])} | "
                      f"{_cell(after['one_object'])} |")
     return "\n".join(lines + [""])
