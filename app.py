@@ -24,7 +24,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from PIL import Image
 
-from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS, GenerateRequest, Service
+from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS, GenerateRequest, Service, parse_prompt_schedule
 
 EXAMPLES_FILE = Path(__file__).parent / "examples" / "prompts.json"
 BACKEND = "backend"  # the one concurrency group every comparison queues in
@@ -107,6 +107,9 @@ function paint(canvas, sprite, run, t, tau, fps) {
     } else {
       ctx.fillStyle = '#2a2a2a'; ctx.fillRect(x + 1, y + 1, w - 2, h - 2);
     }
+    if (run.switches.includes(b)) {  // a yellow edge before the first block under a new prompt
+      ctx.fillStyle = '#ffd400'; ctx.fillRect(x, y, 2, h);
+    }
   }
 }
 function setup() {
@@ -146,9 +149,10 @@ watch('value', setup);
 # --- what the page offers ----------------------------------------------------------------
 
 
-def load_examples(path: Path = EXAMPLES_FILE) -> list[str]:
-    """The example prompts (the README and the tests read the same file)."""
-    return json.loads(Path(path).read_text())["prompts"]
+def load_examples(path: Path = EXAMPLES_FILE, kind: str = "prompts") -> list[str]:
+    """The example prompts, or with ``kind="prompt_schedules"`` the example prompt schedules
+    (the README and the tests read the same file)."""
+    return json.loads(Path(path).read_text())[kind]
 
 
 @dataclass(frozen=True)
@@ -184,10 +188,16 @@ def whole(name: str, value, low: int, high: int) -> int:
 
 
 def make_request(choices: Choices, prompt, preset, blocks, steps, backend, workers, window, stride,
-                 variant, recache, bwcache, threshold, seed) -> GenerateRequest:
+                 variant, recache, bwcache, threshold, seed, prompt_schedule="") -> GenerateRequest:
     """The request the page's (or the API's) settings describe; ValueError for anything a run
-    could not take, with the same message on the page and through the API."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    could not take, with the same message on the page and through the API. A ``prompt_schedule``
+    (its text form, one ``block: prompt`` per line) replaces the prompt."""
+    if not isinstance(prompt_schedule, str):
+        raise ValueError(f"the prompt schedule must be text, got {prompt_schedule!r}")
+    schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule.strip() else None
+    if schedule is not None:
+        prompt = ""
+    elif not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moving right'")
     if preset not in choices.runnable:
         needs = dict(choices.unavailable).get(preset)
@@ -205,7 +215,7 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
         raise ValueError(f"stride must be at most the items per block ({steps} steps"
                          f"{' + recache' if recache else ''}), got {int(stride)}")
     request = GenerateRequest(
-        prompt=prompt, mode="cascade", model=preset,
+        prompt=prompt, prompt_schedule=schedule, mode="cascade", model=preset,
         blocks=whole("blocks", blocks, 1, LIMITS["blocks"]), steps=steps,
         window=whole("window", window, 1, LIMITS["window"]), stride=whole("stride", stride, 1, LIMITS["stride"]),
         recache=bool(recache), joint=variant == "joint", executor=BACKENDS[backend],
@@ -325,7 +335,8 @@ def replay_data(result, counts: dict[str, list[int]]) -> dict:
         run = getattr(result, name)
         height, width = thumbnail(run.frames[0]).shape[:2]
         runs.append({"label": RUN_LABELS[name], "sprite": sprite(run.frames, counts[name]), "width": width,
-                     "height": height, "counts": counts[name], "shown_s": run.stats["blocks_shown_s"]})
+                     "height": height, "counts": counts[name], "shown_s": run.stats["blocks_shown_s"],
+                     "switches": [switch["block"] for switch in run.stats["switches"]]})
     end = max(run["shown_s"][-1] for run in runs)
     return {"runs": runs, "slow": max(1.0, REPLAY_SECONDS / end), "fps": result.serial.stats["fps_video"]}
 
@@ -344,6 +355,9 @@ def run_table(stats: dict) -> str:
             ("forwards", f"{stats['forwards']}"), ("ticks", f"{stats['ticks']}"), ("cache reuse", reuse),
             ("backend", f"{stats['executor']}, {stats['workers']} worker{'s' if stats['workers'] != 1 else ''}"
                         + (f" × {threads} thread{'s' if threads != 1 else ''}" if threads else ""))]
+    rows += [(f"switch at block {switch['block']}",
+              f"{switch['latency_s']:.2f} s between blocks, {switch['forwards']} extra forwards")
+             for switch in stats["switches"]]
     return "| figure | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
@@ -368,21 +382,33 @@ ANALYZER_ROWS = (("colour", "colour"), ("shape", "shape"), ("motion", "motion"),
 
 
 def quality_markdown(stats: dict) -> str:
-    """PSNR and SSIM of the cascade against serial, and the analyzer's verdicts where it judges."""
+    """PSNR and SSIM of the cascade against serial, and the analyzer's verdicts where it judges:
+    on the whole video, or with prompt switches on each prompt's stretch of it."""
     figures = stats["quality"]
     psnr = figures["psnr_db"]
     psnr_text = "identical frames" if psnr == "inf" else f"PSNR {psnr:.1f} dB"
     lines = [f"**Quality, cascade vs serial:** {psnr_text}, SSIM {figures['ssim']:.3f}."]
     verdicts = figures.get("analyzer")
     if verdicts:
-        serial, cascade = verdicts["serial"], verdicts["cascade"]
-        lines += ["", f"| analyzer (share of frames as the prompt asks) | {RUN_LABELS['serial']} | "
-                      f"{RUN_LABELS['cascade']} |", "|---|---|---|"]
-        lines += [f"| {label} | {percent(serial[key])} | {percent(cascade[key])} |"
+        lines += analyzer_table("analyzer (share of frames as the prompt asks)", [("", verdicts["serial"],
+                                                                                 verdicts["cascade"])])
+    segments = figures.get("analyzer_segments")
+    if segments:
+        lines += analyzer_table("analyzer per prompt (the block after a switch left out)", [
+            (f"blocks {s['blocks'][0]}–{s['blocks'][1] - 1}, “{escape_markdown(s['prompt'])}”: ", s, c)
+            for s, c in zip(segments["serial"], segments["cascade"])])
+    return "\n".join(lines)
+
+
+def analyzer_table(title: str, verdicts: list[tuple[str, dict, dict]]) -> list[str]:
+    """Markdown lines: a row per score of each (row prefix, serial verdict, cascade verdict)."""
+    lines = ["", f"| {title} | {RUN_LABELS['serial']} | {RUN_LABELS['cascade']} |", "|---|---|---|"]
+    for prefix, serial, cascade in verdicts:
+        lines += [f"| {prefix}{label} | {percent(serial[key])} | {percent(cascade[key])} |"
                   for key, label in ANALYZER_ROWS if serial.get(key) is not None or cascade.get(key) is not None]
         if "flicker" in serial:
-            lines.append(f"| flicker (lower is steadier) | {serial['flicker']:.4f} | {cascade['flicker']:.4f} |")
-    return "\n".join(lines)
+            lines.append(f"| {prefix}flicker (lower is steadier) | {serial['flicker']:.4f} | {cascade['flicker']:.4f} |")
+    return lines
 
 
 def unknown_note(words: list[str]) -> str:
@@ -406,9 +432,17 @@ def lanes(entries: list[dict]) -> list[int]:
     return lane_of
 
 
+def step_label(step) -> str:
+    """A bar's label: the step, R for the block's recache, S for a prompt switch's recache."""
+    if step == "recache":
+        return "R"
+    return "S" if str(step).startswith("switch@") else str(step)
+
+
 def timeline_figure(stats: dict) -> go.Figure:
     """Both runs' forwards: a row per worker, a bar per work item from start to end, coloured by
-    block and labelled with its step (R: the recache forward); hovering names it."""
+    block and labelled with its step (``step_label``); hovering names it. A dashed line marks
+    each prompt switch's moment in each run (its first forward under the new prompt)."""
     palette = plotly.colors.qualitative.Plotly
     rows, bars = [], {}
     for name in RUNS:
@@ -421,13 +455,12 @@ def timeline_figure(stats: dict) -> go.Figure:
     figure = go.Figure()
     for block in sorted(bars):
         items = bars[block]
-        steps = ["R" if e["step"] == "recache" else str(e["step"]) for _, e, _ in items]
         figure.add_bar(
             orientation="h", name=f"block {block}", y=[row for row, _, _ in items],
             x=[e["end"] - e["start"] for _, e, _ in items], base=[e["start"] for _, e, _ in items],
-            text=steps, textposition="inside", insidetextanchor="middle", marker_color=palette[block % len(palette)],
-            customdata=[[RUN_LABELS[run], block, step, e["worker"], e["start"], e["end"]]
-                        for (_, e, run), step in zip(items, steps)],
+            text=[step_label(e["step"]) for _, e, _ in items], textposition="inside", insidetextanchor="middle",
+            marker_color=palette[block % len(palette)],
+            customdata=[[RUN_LABELS[run], block, e["step"], e["worker"], e["start"], e["end"]] for _, e, run in items],
             hovertemplate="%{customdata[0]}<br>block %{customdata[1]}, step %{customdata[2]}<br>"
                           "worker %{customdata[3]}<br>%{customdata[4]:.3f} s → %{customdata[5]:.3f} s<extra></extra>")
     figure.update_layout(
@@ -436,6 +469,15 @@ def timeline_figure(stats: dict) -> go.Figure:
         legend=dict(traceorder="normal"), xaxis_title="seconds since the run started",
         uniformtext=dict(minsize=8, mode="hide"))
     figure.update_yaxes(categoryorder="array", categoryarray=rows, autorange="reversed")
+    # each run's labels on a line of their own above the plot, so two close switches stay readable
+    for level, name in enumerate(RUNS):
+        for switch in stats[name]["switches"]:
+            figure.add_vline(x=switch["at_s"], line_dash="dash", line_color="#b8860b")
+            figure.add_annotation(x=switch["at_s"], y=1, yref="paper", yanchor="bottom", xanchor="left",
+                                  yshift=2 + 16 * level, showarrow=False, font_size=11,
+                                  text=f"{RUN_LABELS[name]}: prompt of block {switch['block']}")
+    if figure.layout.shapes:
+        figure.update_layout(margin_t=64)
     return figure
 
 
@@ -457,6 +499,11 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
         gr.Examples(examples=[[p] for p in load_examples()], inputs=[prompt], cache_examples=False,
                     label="Examples (the bundled model's world: 8 colours, 3 shapes, 7 motions)",
                     examples_per_page=20)
+        schedule = gr.Textbox(label="Prompt schedule (optional; replaces the prompt): one `block: prompt` per line, "
+                                    "from block 0", lines=2, elem_id="prompt-schedule",
+                              placeholder="0: a red circle moving right\n4: a blue circle moving right")
+        gr.Examples(examples=[[p] for p in load_examples(kind="prompt_schedules")], inputs=[schedule],
+                    cache_examples=False, label="Prompt schedules (the prompt switches mid-video)")
         settings = settings_panel(service, choices)
         note = gr.HTML(elem_id="note")
         speedup = gr.Markdown("Press **Compare** to run both pipelines.", elem_id="speedup")
@@ -473,7 +520,8 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
                     outputs[f"{name}_stats"] = gr.Markdown(elem_id=f"{name}-stats")
         quality = gr.Markdown(elem_id="quality")
         timeline = gr.Plot(label="Timeline: who ran what, when (each bar a forward, labelled with its step; "
-                                 "R = recache)", elem_id="timeline")
+                                 "R = recache, S = re-encoding for a new prompt; dashed: prompt switches)",
+                           elem_id="timeline")
         gr.Markdown("### Race replay\nBoth videos revealed block by block at the moments their frames were "
                     "ready, on one clock, slowed down so you can follow.")
         race = gr.HTML(value=None, html_template=RACE_TEMPLATE, css_template=RACE_CSS, js_on_load=RACE_JS,
@@ -487,10 +535,10 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
                         outputs["cascade_live"], outputs["serial_stats"], outputs["cascade_stats"], quality,
                         timeline, race, downloads, figures]
 
-        def run_page(prompt_text, *values, progress=gr.Progress()):
+        def run_page(prompt_text, schedule_text, *values, progress=gr.Progress()):
             """The page's comparison: previews as blocks finish, then every figure."""
             try:
-                request = make_request(choices, prompt_text, *values)
+                request = make_request(choices, prompt_text, *values, prompt_schedule=schedule_text)
                 progress(0, desc="Waiting for the backend to warm up")
                 backend.wait_until_ready()
                 yield from page_updates(backend, request, progress)
@@ -498,7 +546,7 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
                 raise user_error(error) from None
 
         # the progress bar and the queue position show on the speedup line, so the previews stay visible
-        gr.on([compare_button.click, prompt.submit], run_page, inputs=[prompt, *settings], outputs=page_outputs,
+        gr.on([compare_button.click, prompt.submit], run_page, inputs=[prompt, schedule, *settings], outputs=page_outputs,
               api_visibility="private", concurrency_id=BACKEND, concurrency_limit=1, show_progress="full",
               show_progress_on=[speedup])
         gr.api(api_function(backend), api_name="compare", concurrency_id=BACKEND, concurrency_limit=1)
@@ -605,13 +653,14 @@ def api_function(shared: Backend):
                 backend: str = "pool" if d.executor == "distributed" else "batched", workers: int = d.workers,
                 window: int = d.window, stride: int = d.stride, variant: str = "joint" if d.joint else "causal",
                 recache: bool = d.recache, bwcache: bool = d.bwcache, bwcache_threshold: float = d.bwcache_threshold,
-                seed: int = d.seed) -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
-        """Run the prompt serially and with Block Cascading on the shared backend; returns
-        serial.mp4, cascade.mp4, side_by_side.mp4 and the stats (speedup, ideal speedup,
-        quality, both runs' figures and timelines)."""
+                seed: int = d.seed, prompt_schedule: str = "") -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
+        """Run the prompt (or the prompt schedule, one ``block: prompt`` per line, which replaces
+        it) serially and with Block Cascading on the shared backend; returns serial.mp4,
+        cascade.mp4, side_by_side.mp4 and the stats (speedup, ideal speedup, quality, both runs'
+        figures, timelines and prompt switches)."""
         try:
             request = make_request(choices, prompt, preset, blocks, steps, backend, workers, window, stride,
-                                   variant, recache, bwcache, bwcache_threshold, seed)
+                                   variant, recache, bwcache, bwcache_threshold, seed, prompt_schedule)
             shared.wait_until_ready()
             result = shared.service.compare(request)
         except (ValueError, RuntimeError) as error:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.output import write_report
+
 PROMPT = "a red circle moving right"
 
 
@@ -75,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                                "--runs", str(args.runs), "--case", case], capture_output=True, text=True, check=True)
         cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
     report = {"runs": args.runs, "cases": cases}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    args.json.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.json, report, markdown(report))
     return 0
 
 

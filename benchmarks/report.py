@@ -13,6 +13,7 @@
     python -m benchmarks.bench_service --json benchmarks/results/warm_start.json
     python -m benchmarks.bench_app --runs 5 --out benchmarks/results
     python -m benchmarks.bench_cache
+    python -m benchmarks.bench_switch --json benchmarks/results/bench_switch.json
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine
     python -m benchmarks.report
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("cascade.md", "warm_start.md", "bench_app.md", "bench_gpu.md", "bench_cache.md")
+SECTIONS = ("cascade.md", "warm_start.md", "bench_app.md", "bench_gpu.md", "bench_cache.md", "bench_switch.md")
 
 HEADER = """# Benchmarks
 

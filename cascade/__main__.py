@@ -12,7 +12,11 @@ from pathlib import Path
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     from .service import EXECUTORS, GenerateRequest as R
 
-    parser.add_argument("--prompt", required=True, help="what the video shows")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="what the video shows")
+    what.add_argument("--prompt-schedule", metavar="SCHEDULE",
+                      help="prompts switching at blocks, used instead of --prompt: "
+                           "'0:a red circle moving right;4:a blue circle moving right'")
     parser.add_argument("--model", default=R.model, help="model name (default: the bundled tiny-shapes)")
     parser.add_argument("--blocks", type=int, default=R.blocks,
                         help="video length in blocks of 3 latent frames (default: the model's; 8 for tiny-shapes)")
@@ -44,10 +48,11 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def _request(args: argparse.Namespace, mode: str):
-    from .service import GenerateRequest
+    from .service import GenerateRequest, parse_prompt_schedule
 
+    schedule = parse_prompt_schedule(args.prompt_schedule) if args.prompt_schedule is not None else None
     return GenerateRequest(
-        prompt=args.prompt, mode=mode, model=args.model, blocks=args.blocks, steps=args.steps,
+        prompt=args.prompt or "", prompt_schedule=schedule, mode=mode, model=args.model, blocks=args.blocks, steps=args.steps,
         window=args.window, stride=args.stride, recache=args.recache, joint=args.joint,
         executor=args.executor, workers=args.workers, seed=args.seed, threads=args.threads,
         bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold,
@@ -90,6 +95,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     q = s["quality"]
     print(f"speedup {s['speedup']:.2f}x (ideal {s['ideal_speedup']:.2f}x; {s['counted_as']}); cascade vs serial "
           f"PSNR {float(q['psnr_db']):.1f} dB, SSIM {q['ssim']:.3f} -> {args.out}")
+    for serial, cascade in zip(s["serial"]["switches"], s["cascade"]["switches"]):
+        print(f"switch at block {serial['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "
+              f"forwards, cascade {cascade['latency_s']:.2f} s and {cascade['forwards']}")
     return 0
 
 

@@ -4,7 +4,8 @@ A run's **timeline** is a list of work items that were executed, each a dict (or
 the same attributes) with keys:
 
 - ``block``: int, the video block the forward belonged to;
-- ``step``: int denoising step, or the string ``"recache"``;
+- ``step``: int denoising step, the string ``"recache"``, or ``"switch@k"`` (a serial run's
+  re-encoding of the block under the prompt that starts at block k);
 - ``worker``: int, the worker (device) that ran it;
 - ``start``, ``end``: seconds since the run started.
 
@@ -20,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from .schedule import WorkItem
 
 TIMELINE_KEYS = ("block", "step", "worker", "start", "end")
 
@@ -49,10 +52,12 @@ def _read_timeline(timeline: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def block_completion_times(timeline: Iterable[Any], num_blocks: int) -> list[float]:
-    """End of the last item of each block, in block order (index b = block b)."""
+    """End of the last item of each block, in block order (index b = block b). A switch recache
+    re-encodes a block long after it was done, so it does not count."""
     done: dict[int, float] = {}
     for item in _read_timeline(timeline):
-        done[item["block"]] = max(done.get(item["block"], -math.inf), item["end"])
+        if WorkItem(item["block"], item["step"]).switch is None:
+            done[item["block"]] = max(done.get(item["block"], -math.inf), item["end"])
     if sorted(done) != list(range(num_blocks)):
         raise ValueError(f"timeline blocks {sorted(done)} are not 0..{num_blocks - 1}")
     return [done[b] for b in range(num_blocks)]
@@ -108,6 +113,30 @@ def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int,
         "forwards": len(items),
         "busy_share": {worker: busy[worker] / latency for worker in sorted(busy)},
     }
+
+
+def prompt_segments(block_frames: Sequence[int], prompts: Sequence[tuple[int, str]]) -> list[dict]:
+    """The stretches of a video that each prompt of a prompt schedule should show: from its block
+    to the next switch, leaving out the block right after each switch (the transition, which
+    starts under the old context). Each: ``{"prompt", "blocks": [first, end), "frames": [first,
+    end)}``; ``block_frames`` are the frames each block decoded to. A prompt with no block left
+    (a switch right after another) has no stretch."""
+    starts = np.cumsum([0, *block_frames])
+    ends = [block for block, _ in prompts[1:]] + [len(block_frames)]
+    segments = []
+    for (block, prompt), end in zip(prompts, ends):
+        first = block if block == 0 else block + 1
+        if first < end:
+            segments.append({"prompt": prompt, "blocks": [first, end], "frames": [int(starts[first]), int(starts[end])]})
+    return segments
+
+
+def judge_segments(judge, frames: np.ndarray, block_frames: Sequence[int],
+                   prompts: Sequence[tuple[int, str]]) -> list[dict]:
+    """``judge(frames, prompt)`` (a world's verdict) on each stretch of ``prompt_segments``
+    against its own prompt: the segment's fields and the verdict's scores."""
+    return [{**segment, **judge(frames[slice(*segment["frames"])], segment["prompt"])}
+            for segment in prompt_segments(block_frames, prompts)]
 
 
 def _validate_pair(a: np.ndarray, b: np.ndarray) -> None:

@@ -6,6 +6,10 @@ of how items are spread over workers. An executor (``cascade.backend``) walks a 
 tick, runs the job's items where it likes and keeps the context rule: every item of tick τ sees
 the K/V that earlier blocks had at the end of tick τ−1. ``BlockCausalPipeline`` joins a model,
 a schedule and an executor into frames and a timeline.
+
+A prompt schedule (prompts switching at block boundaries) is decided here once per run: the job
+carries every prompt's embedding and which prompt each work item runs under
+(``Schedule.item_prompts``), so no executor chooses anything and all compute the same video.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import numpy as np
 import torch
 
 from .caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, merge_bw_cache_stats, remove_bw_cache
-from .model.kv_cache import KVCache
+from .model.kv_cache import KVCache, window_frames
 from .model.presets import LatentLayout
 from .sampling import FlowMatchSampler, item_noise
-from .schedule import Schedule, WorkItem
+from .schedule import PromptSchedule, Schedule, WorkItem, check_prompt_schedule
 
 ProgressFn = Callable[[float, str], None]
 # on_block(block, frames uint8 [T, H, W, 3], seconds since the run started when they were ready)
@@ -39,6 +43,8 @@ class DenoiseJob:
     ``bwcache``: BWCache's settings for this run; they travel with the job, so whichever
     transformer runs it (this process's model or a pool worker's replica) gets the hooks for the
     run (``session``).
+    ``text``: the prompt embeddings [P, L, D], one row per prompt of the run's prompt schedule;
+    ``prompts``: the prompt (row of ``text``) of every item that does not run under the first.
     """
 
     transformer: torch.nn.Module
@@ -52,41 +58,55 @@ class DenoiseJob:
     sink_frames: int = 0
     request_id: str = "run"
     bwcache: BWCacheConfig | None = None
+    prompts: dict[WorkItem, int] = field(default_factory=dict)
     _text_on: dict = field(default_factory=dict, repr=False)
+    # the latest new_cache, for the session's report; not an init field, so a replaced (pickled) job has none
+    _cache: KVCache | None = field(default=None, init=False, repr=False, compare=False)
 
     @contextmanager
     def session(self):
         """What a run needs on its transformer: BWCache's hooks, applied for the run and removed
-        after. Yields a dict that holds what they did once the run ends (``{"bwcache": stats}``;
-        empty without the cache). Executors enter it once per run on each transformer they use."""
+        after. Yields a dict that holds what the run did once it ends: ``cross_attention_builds``
+        (how often this worker built its cross-attention cache: once per prompt it ran items
+        under) and, with the cache, ``bwcache``. Executors enter it once per run on each
+        transformer they use."""
         report: dict = {}
-        if self.bwcache is None:
-            yield report
-            return
-        apply_bw_cache(self.transformer, self.bwcache)
+        if self.bwcache is not None:
+            apply_bw_cache(self.transformer, self.bwcache)
         try:
             yield report
-            report["bwcache"] = bw_cache_stats(self.transformer, self.request_id)
+            report["cross_attention_builds"] = self._cache.text_builds if self._cache is not None else 0
+            if self.bwcache is not None:
+                report["bwcache"] = bw_cache_stats(self.transformer, self.request_id)
         finally:
-            remove_bw_cache(self.transformer)
+            if self.bwcache is not None:
+                remove_bw_cache(self.transformer)
 
     def new_cache(self, device, reuse: KVCache | None = None) -> KVCache:
         """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits."""
         lay = self.layout
-        return self.transformer.new_kv_cache(
+        self._cache = self.transformer.new_kv_cache(
             self.num_blocks * lay.frames_per_block, lay.height, lay.width,
             local_window=self.local_window, sink_frames=self.sink_frames, device=device, reuse=reuse,
         )
+        return self._cache
 
     def initial_latent(self, block: int, device) -> torch.Tensor:
         return item_noise(self.seed, block, 0, self.layout.block_shape(), device=device, dtype=self._dtype())
 
-    def text_on(self, device) -> torch.Tensor:
-        """The prompt embedding on ``device``, one tensor per device so the cross cache can key on it."""
-        key = str(torch.device(device))
+    def text_on(self, device, prompt: int = 0) -> torch.Tensor:
+        """A prompt's embedding on ``device``, one tensor per device and prompt: the cross-attention
+        cache keys on the tensor, so it is rebuilt exactly when the prompt changes."""
+        key = (str(torch.device(device)), prompt)
         if key not in self._text_on:
-            self._text_on[key] = self.text.to(device=device, dtype=self._dtype())
+            self._text_on[key] = self.text[prompt:prompt + 1].to(device=device, dtype=self._dtype())
         return self._text_on[key]
+
+    def _text_for(self, items: Sequence[WorkItem], device) -> torch.Tensor:
+        chosen = {self.prompts.get(item, 0) for item in items}
+        if len(chosen) > 1:
+            raise ValueError(f"the items of one forward run under one prompt, got prompts {sorted(chosen)}")
+        return self.text_on(device, chosen.pop())
 
     def _dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
@@ -96,12 +116,14 @@ class DenoiseJob:
         """One forward for ``items`` (rows of a batch, or one joint row); returns their outputs.
 
         A step's output is the next step's input (x0 re-noised to the next level), or x0 after
-        the last step. A recache item's output is its input: it only stages clean K/V.
+        the last step. A recache item's (and a switch recache's) output is its input: it only
+        stages clean K/V.
         """
+        text = self._text_for(items, inputs[0].device)
         if self.joint:
-            outputs = self._forward_joint(items, inputs, cache)
+            outputs = self._forward_joint(items, inputs, cache, text)
         else:
-            outputs = self._forward_rows(items, inputs, cache)
+            outputs = self._forward_rows(items, inputs, cache, text)
         return [self._advance(item, x, out) for item, x, out in zip(items, inputs, outputs)]
 
     def row_key(self, item: WorkItem) -> tuple:
@@ -109,20 +131,20 @@ class DenoiseJob:
         return (self.request_id, item.block, item.step)
 
     def _timestep(self, item: WorkItem) -> float:
-        return 0.0 if item.is_recache else self.sampler.model_timesteps[item.step]
+        return self.sampler.model_timesteps[item.step] if item.is_denoising else 0.0
 
     def _start_frame(self, item: WorkItem) -> int:
         return item.block * self.layout.frames_per_block
 
-    def _forward_rows(self, items, inputs, cache) -> list[torch.Tensor]:
+    def _forward_rows(self, items, inputs, cache, text) -> list[torch.Tensor]:
         x = torch.cat(list(inputs))
         t = torch.tensor([self._timestep(i) for i in items], device=x.device)
         starts = [self._start_frame(i) for i in items]
-        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=starts,
+        out = self.transformer(x, t, text, kv_cache=cache, start_frame=starts,
                                row_keys=[self.row_key(i) for i in items]).sample
         return list(out.split(1))
 
-    def _forward_joint(self, items, inputs, cache) -> list[torch.Tensor]:
+    def _forward_joint(self, items, inputs, cache, text) -> list[torch.Tensor]:
         blocks = [i.block for i in items]
         if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
             raise ValueError(f"a joint forward needs consecutive blocks, got {blocks}")
@@ -130,12 +152,12 @@ class DenoiseJob:
         per_frame = [self._timestep(i) for i in items for _ in range(self.layout.frames_per_block)]
         t = torch.tensor([per_frame], device=x.device)
         key = (self.request_id, tuple(i.block for i in items), tuple(i.step for i in items))
-        out = self.transformer(x, t, self.text_on(x.device), kv_cache=cache, start_frame=self._start_frame(items[0]),
+        out = self.transformer(x, t, text, kv_cache=cache, start_frame=self._start_frame(items[0]),
                                row_keys=[key]).sample
         return list(out.split(self.layout.frames_per_block, dim=2))
 
     def _advance(self, item: WorkItem, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        if item.is_recache:
+        if not item.is_denoising:
             return x
         x0 = self.sampler.predict_x0(x, output, item.step)
         if item.step == self.sampler.num_steps - 1:
@@ -162,6 +184,8 @@ class PipelineOutput:
     block_frames: list[int]  # per block: how many frames it decoded to
     communication: list = field(default_factory=list)  # per tick and worker, from distributed executors
     bwcache: dict | None = None  # what BWCache did, merged over every worker; None without it
+    prompts: PromptSchedule = ()  # the run's prompt schedule: ((0, prompt),) for one prompt
+    cross_attention_builds: list[int] = field(default_factory=list)  # per worker: once per prompt it ran under
 
 
 class BlockDecoding:
@@ -194,15 +218,45 @@ class BlockDecoding:
         return np.concatenate(self.frames)
 
 
+def switch_recache_blocks(model, switch_block: int) -> tuple[int, ...]:
+    """The blocks a serial run re-encodes under the new prompt before ``switch_block`` starts, as
+    LongLive does: every block with a frame in ``switch_block``'s attention window
+    (``window_frames``: the model's local window, or all earlier frames without one) that is not
+    a sink frame. The sink frames keep their K/V, as LongLive keeps its sink tokens."""
+    per_block = model.layout.frames_per_block
+    frames = window_frames(switch_block * per_block, per_block, model.local_window, model.sink_frames)
+    return tuple(sorted({f // per_block for f in frames if f >= model.sink_frames}))
+
+
+def switch_recache_plan(model, prompts: PromptSchedule) -> dict[int, tuple[int, ...]]:
+    """Switch block -> the blocks a serial schedule recaches before it (``make_schedule``'s
+    ``switch_recache``)."""
+    return {block: switch_recache_blocks(model, block) for block, _ in prompts[1:]}
+
+
+def as_prompt_schedule(prompt, num_blocks: int) -> PromptSchedule:
+    """One prompt as a one-entry schedule, or a prompt schedule checked against the video's length."""
+    return ((0, prompt),) if isinstance(prompt, str) else check_prompt_schedule(prompt, num_blocks)
+
+
+def _check_switch_items(schedule: Schedule, prompts: PromptSchedule) -> None:
+    served = {item.switch for tick in schedule.ticks for item in tick if item.switch is not None}
+    stray = served - {block for block, _ in prompts[1:]}
+    if stray:
+        raise ValueError(f"the schedule recaches for switches at blocks {sorted(stray)}, which the prompt "
+                         "schedule does not have")
+
+
 class BlockCausalPipeline:
-    """Runs one prompt through a block-causal model under any schedule on any executor."""
+    """Runs one prompt, or a prompt schedule, through a block-causal model under any schedule on
+    any executor."""
 
     def __init__(self, model):
         self.model = model
 
     def __call__(
         self,
-        prompt: str,
+        prompt: str | PromptSchedule,
         schedule: Schedule,
         executor,
         seed: int = 0,
@@ -212,19 +266,24 @@ class BlockCausalPipeline:
         bwcache: BWCacheConfig | None = None,
         on_block: FramesFn | None = None,
     ) -> PipelineOutput:
-        """``on_block(block, frames, t)`` gets each block's decoded frames as soon as the block is
+        """``prompt``: one prompt, or a prompt schedule ((block, prompt) pairs from block 0), each
+        prompt taking over from its switch's moment (``Schedule.item_prompts``); the serial
+        schedule's switch recaches are ``switch_recache_plan``'s, made by the caller.
+        ``on_block(block, frames, t)`` gets each block's decoded frames as soon as the block is
         final, in block order; the frames of all blocks together equal decoding the whole video."""
+        prompts = as_prompt_schedule(prompt, schedule.num_blocks)
+        _check_switch_items(schedule, prompts)
         sampler = self.model.sampler
         if schedule.num_steps != sampler.num_steps:
             sampler = sampler.with_steps(schedule.num_steps)
         started = time.perf_counter()
-        text, unknown = self.model.encode_text([prompt])
+        text, unknown = self.model.encode_text([text for _, text in prompts])
         text_s = time.perf_counter() - started
         job = DenoiseJob(
             transformer=self.model.transformer, text=text, sampler=sampler, layout=self.model.layout,
             num_blocks=schedule.num_blocks, seed=seed, joint=joint,
             local_window=self.model.local_window, sink_frames=self.model.sink_frames, request_id=request_id,
-            bwcache=bwcache,
+            bwcache=bwcache, prompts=schedule.item_prompts([block for block, _ in prompts[1:]]),
         )
         decoding = BlockDecoding(self.model, on_block)
         result = executor.execute(job, schedule, progress=progress, on_block=decoding)
@@ -234,7 +293,8 @@ class BlockCausalPipeline:
         return PipelineOutput(
             frames=frames, latents=torch.cat([x.cpu() for x in result.latents], dim=2), schedule=schedule,
             timeline=result.timeline, model_calls=result.model_calls, executor=executor.name,
-            workers=executor.workers, unknown_words=unknown[0], text_s=text_s, decode_s=decoding.decode_s,
-            shown_s=decoding.shown_s, block_frames=[len(f) for f in decoding.frames], communication=result.communication,
-            bwcache=merge_bw_cache_stats(reports) if reports else None,
+            workers=executor.workers, unknown_words=[word for words in unknown for word in words], text_s=text_s,
+            decode_s=decoding.decode_s, shown_s=decoding.shown_s, block_frames=[len(f) for f in decoding.frames],
+            communication=result.communication, bwcache=merge_bw_cache_stats(reports) if reports else None,
+            prompts=prompts, cross_attention_builds=[r["cross_attention_builds"] for r in result.session_reports],
         )

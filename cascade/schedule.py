@@ -7,14 +7,23 @@ only make every schedule one item longer. A schedule groups all items into ticks
 one tick are independent and may run in parallel. The serial pipeline and Block Cascading are
 the same items in a different order, so everything downstream (pipeline, executors, timelines)
 is written once against a schedule.
+
+A prompt schedule switches the prompt at block boundaries (``parse_prompt_schedule``). A serial
+schedule then re-encodes recent blocks under the new prompt before the switch block starts, as
+LongLive does: ``(block j, "switch@k")`` is the forward of the clean block ``j`` at timestep 0
+that rewrites its K/V under the prompt that starts at block ``k``. A cascade needs no such items
+(``Schedule.item_prompts`` says which prompt every item runs under).
 """
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import Mapping, NamedTuple, Sequence, Union
 
 RECACHE = "recache"
+SWITCH = "switch@"  # step name prefix of a switch recache: "switch@4" serves the prompt that starts at block 4
 
 Step = Union[int, str]
 
@@ -28,6 +37,23 @@ class WorkItem(NamedTuple):
     @property
     def is_recache(self) -> bool:
         return self.step == RECACHE
+
+    @property
+    def is_denoising(self) -> bool:
+        """A denoising step (its output is the block's next latent); other items only rewrite K/V."""
+        return isinstance(self.step, int)
+
+    @property
+    def switch(self) -> int | None:
+        """For a switch recache, the block whose prompt it re-encodes this block under; else None."""
+        if isinstance(self.step, str) and self.step.startswith(SWITCH):
+            return int(self.step[len(SWITCH):])
+        return None
+
+
+def switch_step(block: int) -> str:
+    """The step name of a switch recache for the prompt that starts at ``block``."""
+    return f"{SWITCH}{block}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,38 @@ class Schedule:
         """JSON-friendly form: a list of ticks, each a list of ``[block, step]``."""
         return [[(item.block, item.step) for item in tick] for tick in self.ticks]
 
+    def switch_items(self, block: int) -> list[WorkItem]:
+        """The switch recache forwards that serve the prompt starting at ``block``, in order."""
+        return [item for tick in self.ticks for item in tick if item.switch == block]
+
+    def switch_tick(self, block: int) -> int:
+        """The moment of the switch to the prompt that starts at ``block``: the tick of its first
+        item, which is its first switch recache (serial) or else the tick in which ``block`` runs
+        its first step."""
+        for index, tick in enumerate(self.ticks):
+            if any(item.switch == block or (item.block == block and item.step == 0) for item in tick):
+                return index
+        raise ValueError(f"block {block} is not in this {self.num_blocks}-block schedule")
+
+    def item_prompts(self, switch_blocks: Sequence[int]) -> dict[WorkItem, int]:
+        """Which prompt each item runs under when prompts switch at ``switch_blocks`` (sorted, after
+        block 0): prompt i + 1 from the i-th switch's moment (``switch_tick``) on. Items left out
+        run under prompt 0 (with no switches: all of them).
+
+        Every item of the switch's tick and of later ticks, of any block, runs under the new
+        prompt: in a cascade the blocks still in flight take it from their next step, and a
+        serial schedule's switch recaches run under it. The prompt is thus a function of the tick,
+        so the items of one tick (one batched or joint forward) always share one prompt, and
+        every executor computes the same thing.
+        """
+        moments = [self.switch_tick(block) for block in switch_blocks]
+        prompts = {}
+        for index, tick in enumerate(self.ticks):
+            prompt = bisect_right(moments, index)
+            if prompt:
+                prompts.update((item, prompt) for item in tick)
+        return prompts
+
 
 def make_schedule(
     num_blocks: int,
@@ -76,6 +134,7 @@ def make_schedule(
     window: int = 1,
     stride: int | None = None,
     recache: bool = True,
+    switch_recache: Mapping[int, Sequence[int]] | None = None,
 ) -> Schedule:
     """Order every item of a ``num_blocks``-block video into ticks.
 
@@ -83,10 +142,14 @@ def make_schedule(
     provided fewer than ``window`` blocks are in flight; every block in flight runs its next item
     in each tick. ``window=1`` (or ``stride`` equal to the items per block, the default) is the
     serial pipeline: one item per tick, each block after its predecessor is clean.
+
+    ``switch_recache``: switch block k -> the earlier blocks re-encoded under k's prompt just
+    before k starts, one forward per tick, in block order (serial only: window 1).
     """
     items_per_block = num_steps + int(recache)
     stride = items_per_block if stride is None else stride
     _check_arguments(num_blocks, num_steps, window, stride, items_per_block)
+    plan = _check_switch_recache(switch_recache or {}, num_blocks, window)
 
     done = [0] * num_blocks
     next_block = 0
@@ -95,6 +158,7 @@ def make_schedule(
     while next_block < num_blocks or in_flight:
         if next_block < num_blocks and len(in_flight) < window:
             if next_block == 0 or done[next_block - 1] >= stride:
+                ticks.extend((WorkItem(b, switch_step(next_block)),) for b in plan.get(next_block, ()))
                 in_flight.append(next_block)
                 next_block += 1
         tick = []
@@ -125,6 +189,19 @@ def _check_arguments(num_blocks: int, num_steps: int, window: int, stride: int, 
         )
 
 
+def _check_switch_recache(plan: Mapping[int, Sequence[int]], num_blocks: int, window: int) -> dict:
+    if plan and window != 1:
+        raise ValueError("switch recache forwards are for serial schedules (window 1); a cascade switches "
+                         "prompts without them")
+    for switch, blocks in plan.items():
+        if not 0 < switch < num_blocks:
+            raise ValueError(f"a switch recache must serve a block in 1..{num_blocks - 1}, got {switch}")
+        if list(blocks) != sorted(set(blocks)) or any(not 0 <= b < switch for b in blocks):
+            raise ValueError(f"the blocks recached for the switch at block {switch} must be distinct earlier "
+                             f"blocks in order, got {list(blocks)}")
+    return {switch: tuple(blocks) for switch, blocks in plan.items()}
+
+
 def serial_schedule(num_blocks: int, num_steps: int, recache: bool = True) -> Schedule:
     return make_schedule(num_blocks, num_steps, window=1, recache=recache)
 
@@ -132,3 +209,53 @@ def serial_schedule(num_blocks: int, num_steps: int, recache: bool = True) -> Sc
 def ideal_speedup(serial: Schedule, cascade: Schedule) -> float:
     """What a perfect backend would gain: the ratio of critical paths in ticks."""
     return serial.num_ticks / cascade.num_ticks
+
+
+# --- prompt schedules ---------------------------------------------------------------------
+
+PromptSchedule = tuple[tuple[int, str], ...]
+
+
+def parse_prompt_schedule(text: str) -> PromptSchedule:
+    """A prompt schedule from its text form: ``block: prompt`` entries separated by ``;`` or new
+    lines, e.g. ``"0:a red circle moving right;4:a blue circle moving right"`` (blank entries are
+    skipped). ValueError, one line, for malformed text or a schedule ``check_prompt_schedule``
+    refuses."""
+    entries = []
+    for part in re.split(r"[;\n]", text):
+        if not part.strip():
+            continue
+        block, colon, prompt = part.partition(":")
+        if not colon or not block.strip().isdigit():
+            raise ValueError(f"a prompt schedule entry reads 'block: prompt', got {part.strip()!r}")
+        entries.append((int(block), prompt.strip()))
+    return check_prompt_schedule(entries)
+
+
+def check_prompt_schedule(entries, num_blocks: int | None = None) -> PromptSchedule:
+    """``entries`` ((block, prompt) pairs) as a prompt schedule, or ValueError with one line: it must
+    start at block 0, its blocks must increase (and be below ``num_blocks`` when given), and no
+    prompt may be empty."""
+    schedule = []
+    for entry in entries:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2):
+            raise ValueError(f"a prompt schedule entry is a (block, prompt) pair, got {entry!r}")
+        block, prompt = entry
+        if isinstance(block, bool) or not isinstance(block, int) or not isinstance(prompt, str):
+            raise ValueError(f"a prompt schedule entry is a (block, prompt) pair, got {entry!r}")
+        if not prompt.strip():
+            raise ValueError(f"the prompt for block {block} is empty")
+        schedule.append((block, prompt))
+    if not schedule:
+        raise ValueError("the prompt schedule is empty")
+    if schedule[0][0] != 0:
+        raise ValueError(f"the prompt schedule must start at block 0, got {schedule[0][0]}")
+    for (before, _), (block, _) in zip(schedule, schedule[1:]):
+        if block == before:
+            raise ValueError(f"block {block} appears twice in the prompt schedule")
+        if block < before:
+            raise ValueError(f"the prompt schedule's blocks must increase: block {block} comes after block {before}")
+    if num_blocks is not None and schedule[-1][0] >= num_blocks:
+        raise ValueError(f"the prompt schedule switches at block {schedule[-1][0]}, but the video has "
+                         f"{num_blocks} blocks (0..{num_blocks - 1})")
+    return tuple(schedule)

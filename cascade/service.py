@@ -35,8 +35,9 @@ from .backend import LocalExecutor
 from .backend.rank import KV_EXCHANGES
 from .caching import BWCacheConfig
 from .model.presets import CascadeModel, PresetLoader, default_model_name, load_model, preset_status
-from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn
-from .schedule import make_schedule
+from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
+from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule
+from .schedule import parse_prompt_schedule  # noqa: F401 - the text form's parser, for callers of this door (the app)
 
 MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
@@ -64,9 +65,11 @@ class GenerateRequest:
 
     Fields left None take the model's own setting (``CascadeModel.run_defaults``), else
     ``FALLBACK_DEFAULTS``; ``steps`` the model's sampler; ``stride`` ``default_stride(steps)``.
+    ``prompt_schedule``: (block, prompt) pairs from block 0 (``parse_prompt_schedule`` reads
+    the text form) used instead of ``prompt``, which, once resolved, is its block-0 prompt.
     """
 
-    prompt: str
+    prompt: str = ""
     mode: str | None = None
     model: str | None = None
     blocks: int | None = None
@@ -82,18 +85,21 @@ class GenerateRequest:
     bwcache: bool = False
     bwcache_threshold: float = 0.15
     kv_exchange: str = "auto"  # distributed: how K/V move between workers (see backend/kv_exchange.py)
+    prompt_schedule: PromptSchedule | None = None
 
     @property
     def bwcache_delta(self) -> float | None:
         """BWCache's threshold when the cache is on, else None (how reports record the setting)."""
         return self.bwcache_threshold if self.bwcache else None
 
+    @property
+    def prompts(self) -> PromptSchedule:
+        """The run's prompt schedule: ``prompt_schedule``, or the one prompt from block 0."""
+        return self.prompt_schedule or ((0, self.prompt),)
+
     def validate(self) -> None:
         """Raise ValueError, one clear line, for any value no run could take (before any work)."""
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError("the prompt is empty")
-        if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        self._check_prompts()
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.executor not in EXECUTORS:
@@ -110,6 +116,18 @@ class GenerateRequest:
         if not (isinstance(self.bwcache_threshold, (int, float)) and self.bwcache_threshold >= 0):
             raise ValueError(f"bwcache_threshold must be a number of at least 0, got {self.bwcache_threshold!r}")
 
+    def _check_prompts(self) -> None:
+        if self.prompt_schedule is not None:
+            first = check_prompt_schedule(self.prompt_schedule)[0][1]
+            if self.prompt not in ("", first):
+                raise ValueError("give a prompt or a prompt schedule, not both: the prompt differs from the "
+                                 "schedule's block-0 prompt")
+        elif not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("the prompt is empty")
+        for _, prompt in self.prompts:
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise ValueError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+
     def _check_joint(self) -> None:
         if self.joint and self.mode != "serial" and self.executor == "distributed":
             raise ValueError("the joint variant runs a tick as one forward on one device: use the local or "
@@ -122,6 +140,9 @@ class GenerateRequest:
             value = getattr(self, name)
             chosen[name] = model.run_defaults.get(name, FALLBACK_DEFAULTS.get(name)) if value is None else value
         request = replace(self, model=self.model or default_model_name(), **chosen)
+        if request.prompt_schedule is not None:
+            schedule = check_prompt_schedule(request.prompt_schedule, request.blocks)
+            request = replace(request, prompt=schedule[0][1], prompt_schedule=schedule)
         if request.steps is None:
             request = replace(request, steps=model.sampler.num_steps)
         if request.stride is None:
@@ -137,10 +158,13 @@ class GenerateRequest:
     def items_per_block(self) -> int:
         return self.steps + int(self.recache)
 
-    def schedule(self):
-        """The schedule this (resolved) request runs: serial, or the cascade of its window and stride."""
+    def schedule(self, model: CascadeModel):
+        """The schedule this (resolved) request runs: serial, re-encoding ``model``'s attention window
+        under each new prompt before its block (``switch_recache_plan``), or the cascade of its
+        window and stride, which switches prompts without extra forwards."""
         if self.mode == "serial":
-            return make_schedule(self.blocks, self.steps, recache=self.recache)
+            return make_schedule(self.blocks, self.steps, recache=self.recache,
+                                 switch_recache=switch_recache_plan(model, self.prompts))
         return make_schedule(self.blocks, self.steps, window=self.window, stride=self.stride, recache=self.recache)
 
 
@@ -295,7 +319,7 @@ class Service:
         geometry (so pools reuse their K/V caches) and runs one step per block."""
         request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
         self.resolve(request)  # a request that cannot run fails here, before the warm-up's work
-        short = replace(request, prompt=WARM_UP_PROMPT, steps=1, stride=1)
+        short = replace(request, prompt=WARM_UP_PROMPT, prompt_schedule=None, steps=1, stride=1)
         with tempfile.TemporaryDirectory() as folder:
             self.compare(short, folder=folder)
 
@@ -335,10 +359,10 @@ class Service:
         return self._pools[key]
 
     def _run(self, request: GenerateRequest, model: CascadeModel, executor, progress, on_block) -> GenerateResult:
-        schedule = request.schedule()
+        schedule = request.schedule(model)
         bwcache = BWCacheConfig(request.steps, threshold=request.bwcache_threshold) if request.bwcache else None
         frames_to = (lambda block, frames, t: on_block(request.mode, block, frames, t)) if on_block else None
-        output = BlockCausalPipeline(model)(request.prompt, schedule, executor, seed=request.seed,
+        output = BlockCausalPipeline(model)(request.prompts, schedule, executor, seed=request.seed,
                                             joint=request.joint, progress=progress, request_id=uuid.uuid4().hex,
                                             bwcache=bwcache, on_block=frames_to)
         return GenerateResult(frames=output.frames, stats=metrics.json_safe(run_stats(request, model, executor, output)),
@@ -398,6 +422,10 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
         # the end of block 0's last forward, which may be a recache after its frames are final)
         "time_to_first_block_s": output.shown_s[0],
         "blocks_shown_s": output.shown_s,
+        "block_frames": output.block_frames,
+        "prompt_schedule": [list(entry) for entry in output.prompts],
+        "switches": switch_figures(schedule, output),
+        "cross_attention_builds": output.cross_attention_builds,
         "text_encode_s": output.text_s,
         "decode_s": output.decode_s,
         "unknown_words": output.unknown_words,
@@ -405,6 +433,22 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
         **communication_figures(output.communication),
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
+
+
+def switch_figures(schedule, output: PipelineOutput) -> list[dict]:
+    """Per prompt switch: its block and prompt; ``latency_s``, from the last block shown under the
+    old prompt to the first shown under the new one (``blocks_shown_s`` of blocks k−1 and k);
+    ``forwards``, those spent on the switch (its switch recaches: none in a cascade); ``at_s``,
+    when the first forward under the new prompt started (the switch's moment)."""
+    figures = []
+    for block, prompt in output.prompts[1:]:
+        first_tick = set(schedule.ticks[schedule.switch_tick(block)])
+        figures.append({
+            "block": block, "prompt": prompt, "latency_s": output.shown_s[block] - output.shown_s[block - 1],
+            "forwards": len(schedule.switch_items(block)),
+            "at_s": min(e.start for e in output.timeline if WorkItem(e.block, e.step) in first_tick),
+        })
+    return figures
 
 
 def cache_figures(stats: dict | None, layers: int, items: int) -> dict:
@@ -444,16 +488,24 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
         "speedup": s["latency_s"] / c["latency_s"],
         "ideal_speedup": s["ticks"] / c["ticks"],
         "counted_as": counted_as,
-        "quality": quality(serial.frames, cascade.frames, request.prompt, model),
+        "quality": quality(serial, cascade, request.prompts, model),
     }
 
 
-def quality(serial: np.ndarray, cascade: np.ndarray, prompt: str, model: CascadeModel) -> dict:
+def quality(serial: GenerateResult, cascade: GenerateResult, prompts: PromptSchedule, model: CascadeModel) -> dict:
     """Cascade against serial (PSNR, SSIM) and, for models whose world has a judge, its verdict
-    on each run against the prompt."""
-    figures = {"psnr_db": metrics.psnr(serial, cascade), "ssim": metrics.ssim(serial, cascade)}
-    if model.judge is not None and not model.random_weights:
-        figures["analyzer"] = {"serial": model.judge(serial, prompt), "cascade": model.judge(cascade, prompt)}
+    on each run against the prompt; with prompt switches, on each run's stretch of each prompt
+    (``analyzer_segments``, see ``metrics.prompt_segments``)."""
+    figures = {"psnr_db": metrics.psnr(serial.frames, cascade.frames), "ssim": metrics.ssim(serial.frames, cascade.frames)}
+    if model.judge is None or model.random_weights:
+        return figures
+    runs = {"serial": serial, "cascade": cascade}
+    if len(prompts) == 1:
+        figures["analyzer"] = {name: model.judge(run.frames, prompts[0][1]) for name, run in runs.items()}
+    else:
+        figures["analyzer_segments"] = {
+            name: metrics.judge_segments(model.judge, run.frames, run.stats["block_frames"], prompts)
+            for name, run in runs.items()}
     return figures
 
 

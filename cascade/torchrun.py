@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         request.validate()
         request = request.resolved(model)
         executor = RankExecutor(device, args.kv_exchange)
-        output = BlockCausalPipeline(model)(request.prompt, request.schedule(), executor, seed=request.seed)
+        output = BlockCausalPipeline(model)(request.prompts, request.schedule(model), executor, seed=request.seed)
         if dist.get_rank() == 0:
             args.out.mkdir(parents=True, exist_ok=True)
             np.save(args.out / "frames.npy", output.frames)

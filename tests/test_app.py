@@ -124,7 +124,7 @@ def test_examples_show_the_whole_bundled_world():
 
 def test_timeline_gives_a_row_per_worker_and_a_lane_per_batched_item():
     def run(entries):
-        return {"timeline": [dict(zip(("block", "step", "worker", "start", "end"), e)) for e in entries]}
+        return {"timeline": [dict(zip(("block", "step", "worker", "start", "end"), e)) for e in entries], "switches": []}
 
     stats = {"serial": run([(0, 0, 0, 0.0, 0.1), (0, "recache", 0, 0.1, 0.2), (1, 0, 0, 0.2, 0.3)]),
              "cascade": run([(0, 0, 0, 0.0, 0.1), (1, 0, 1, 0.05, 0.15), (2, 0, 1, 0.05, 0.15)])}
@@ -201,7 +201,7 @@ def test_compare_api_reports_bad_input(client, kwargs, message):
 def test_compare_api_reports_a_nan_threshold(served):
     """JSON clients that send NaN (gradio_client refuses to) get the same clear line."""
     url = served[1].rstrip("/") + "/gradio_api/call/compare"
-    body = '{"data": ["a red circle", "tiny-shapes", 3, 4, "pool", 2, 4, 2, "causal", true, true, NaN, 0]}'
+    body = '{"data": ["a red circle", "tiny-shapes", 3, 4, "pool", 2, 4, 2, "causal", true, true, NaN, 0, ""]}'
     event = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30).json()
     with httpx.stream("GET", f"{url}/{event['event_id']}", timeout=60) as reply:
         text = "".join(reply.iter_text())

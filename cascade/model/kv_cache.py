@@ -15,6 +15,18 @@ from __future__ import annotations
 import torch
 
 
+def window_frames(start_frame: int, num_frames: int, local_window: int | None, sink_frames: int) -> list[int]:
+    """The earlier frames a block of ``num_frames`` starting at ``start_frame`` may attend to.
+
+    With a local window (LongLive), a query block sees the last ``local_window`` frames that end
+    with its own last frame, plus the first ``sink_frames`` frames of the video; else every
+    earlier frame.
+    """
+    end = start_frame + num_frames
+    first = 0 if local_window is None else max(0, end - local_window)
+    return [f for f in range(start_frame) if (f >= first or f < sink_frames)]
+
+
 class KVCache:
     def __init__(
         self,
@@ -53,20 +65,16 @@ class KVCache:
         self.text_source: torch.Tensor | None = None
         self.text_context: torch.Tensor | None = None
         self.cross_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.text_builds = 0  # times the cross-attention cache was emptied for a new prompt embedding
 
     @property
     def device(self) -> torch.device:
         return self.k.device
 
     def context_frames(self, start_frame: int, num_frames: int) -> list[int]:
-        """The earlier frames a block starting at ``start_frame`` attends to (committed only).
-
-        With a local window (LongLive), a query block sees the last ``local_window`` frames that
-        end with its own last frame, plus the first ``sink_frames`` frames of the video.
-        """
-        end = start_frame + num_frames
-        first = 0 if self.local_window is None else max(0, end - self.local_window)
-        frames = [f for f in range(start_frame) if (f >= first or f < self.sink_frames)]
+        """The earlier frames a block starting at ``start_frame`` attends to (``window_frames``),
+        committed ones only."""
+        frames = window_frames(start_frame, num_frames, self.local_window, self.sink_frames)
         return [f for f in frames if self.filled[f]]
 
     def token_index(self, frames: list[int]) -> torch.Tensor:
@@ -128,6 +136,7 @@ class KVCache:
         """Point the cross-attention cache at a prompt embedding; True if it was already cached."""
         if self.text_source is source:
             return True
+        self.text_builds += 1
         self.text_source = source
         self.text_context = None
         self.cross_kv.clear()

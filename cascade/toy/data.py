@@ -18,7 +18,7 @@ Evaluation is held out along two axes so that it measures generalisation, not re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -378,6 +378,32 @@ def eval_set(n: int, seed: int = 0) -> list[EvalItem]:
         spec = _sample_geometry(rng, colour, shape, motion, backgrounds[i % len(backgrounds)])
         prompt = caption(spec, EVAL_PHRASINGS[i % len(EVAL_PHRASINGS)], rng)
         items.append(EvalItem(prompt, spec, int(rng.integers(2**31))))
+    return items
+
+
+@dataclass(frozen=True)
+class SwitchEvalItem:
+    """A held-out prompt schedule whose object changes colour at a block, and the seed to run it with."""
+
+    schedule: tuple[tuple[int, str], ...]
+    spec: ClipSpec  # what the clip shows from block 0; the switch changes only its colour
+    colour_after: str
+    seed: int
+
+
+def switch_eval_set(n: int, switch_block: int, seed: int = 0) -> list[SwitchEvalItem]:
+    """``n`` deterministic switch schedules built from ``eval_set(n, seed)``: the held-out clip's
+    caption (canonical words, its held-out phrasing) from block 0 and, from ``switch_block``, the
+    same caption with another colour (cycling through the others), so shape, motion and
+    background stay."""
+    items = []
+    for i, item in enumerate(eval_set(n, seed)):
+        others = [colour for colour in COLOURS if colour != item.spec.colour]
+        after = others[i % len(others)]
+        phrasing = EVAL_PHRASINGS[i % len(EVAL_PHRASINGS)]
+        before_text = caption(item.spec, phrasing)
+        after_text = caption(replace(item.spec, colour=after), phrasing)
+        items.append(SwitchEvalItem(((0, before_text), (switch_block, after_text)), item.spec, after, item.seed))
     return items
 
 

@@ -2,7 +2,8 @@
 
 Every held-out prompt/seed pair (``data.eval_set``) is generated through the service exactly as a
 user would, judged by the analyzer against what its prompt asks for, and summarised with 95%
-intervals.
+intervals. ``evaluate_switches`` does the same for held-out prompt schedules whose object
+changes colour mid-video (``data.switch_eval_set``), scoring each prompt's stretch of the video.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..metrics import judge_segments
 from ..service import GenerateRequest, Service
 from . import data
 from .analyzer import aggregate, judge
+
+SEGMENT_FIELDS = ("prompt", "blocks", "frames")  # what judge_segments adds to a verdict besides the scores
 
 
 def evaluate(service: Service, request: GenerateRequest, prompts: int, seed: int = 0, progress=None) -> dict:
@@ -32,21 +36,48 @@ def evaluate(service: Service, request: GenerateRequest, prompts: int, seed: int
             progress(index + 1, len(items))
     scored = [{k: v for k, v in r.items() if k not in ("prompt", "seed", "latency_s")} for r in results]
     return {
-        "model": run.stats["model"],
-        "mode": request.mode,
-        "blocks": run.stats["blocks"],
-        "steps": run.stats["steps"],
-        "window": run.stats["window"],
-        "stride": run.stats["stride"],
-        "recache": run.stats["recache"],
-        "joint": run.stats["joint"],
-        "bwcache": request.bwcache_delta,
+        **_settings(run.stats, request),
         "prompts": len(items),
         "eval_seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
         "summary": aggregate(scored),
         "items": results,
     }
+
+
+def evaluate_switches(service: Service, request: GenerateRequest, schedules: int, switch_block: int,
+                      seed: int = 0, progress=None) -> dict:
+    """Generate ``schedules`` held-out switch schedules (``data.switch_eval_set``) with
+    ``request``'s settings and score the stretch before and after the switch against its own
+    prompt (``metrics.judge_segments``: the block right after the switch is the transition and
+    is left out). ``summary["after"]["colour"]`` is how often the new colour took over."""
+    items = data.switch_eval_set(schedules, switch_block, seed)
+    results = []
+    started = time.perf_counter()
+    for index, item in enumerate(items):
+        run = service.generate(replace(request, prompt="", prompt_schedule=item.schedule, seed=item.seed), files=False)
+        segments = judge_segments(judge, run.frames, run.stats["block_frames"], item.schedule)
+        results.append({"schedule": [list(entry) for entry in item.schedule], "seed": item.seed, "segments": segments})
+        if progress is not None:
+            progress(index + 1, len(items))
+    before, after = ([{k: v for k, v in r["segments"][i].items() if k not in SEGMENT_FIELDS} for r in results]
+                     for i in (0, -1))
+    return {
+        **_settings(run.stats, request),
+        "schedules": len(items),
+        "switch_block": switch_block,
+        "eval_seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": {"before": aggregate(before), "after": aggregate(after)},
+        "items": results,
+    }
+
+
+def _settings(stats: dict, request: GenerateRequest) -> dict:
+    """The settings an evaluation ran with, as its last run reports them."""
+    return {"model": stats["model"], "mode": request.mode,
+            **{key: stats[key] for key in ("blocks", "steps", "window", "stride", "recache", "joint")},
+            "bwcache": request.bwcache_delta}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
