@@ -5,7 +5,10 @@ names no model), joins a torch.distributed group and runs ``RankExecutor`` (``ra
 every job it is sent. Runs are sent over a control queue (a small job description: prompt
 embedding, sampler, layout, seed, cache settings); the K/V exchange goes through
 torch.distributed or shared memory. A worker that dies or fails turns into a RuntimeError for
-the run within about a second, and the pool is started afresh for the next run. Workers are
+the run within about a second, and the pool is started afresh for the next run; so does a run
+whose workers report no tick for ``tick_timeout_s`` (a worker hung), a run broken off by the
+caller (Ctrl-C, an exception in its own callback) and a run in progress when the pool is
+closed. A worker that died between runs is replaced before the next one. Workers are
 forked from a forkserver that has imported torch, this module and the loader's module, so a pool
 restarts in a second or two instead of importing torch afresh in every worker as spawned
 processes would; the forkserver touches no device (CUDA is safe in its children) and lives as
@@ -27,6 +30,7 @@ import threading
 import time
 import traceback
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -38,7 +42,7 @@ import torch.multiprocessing as mp
 from ..schedule import Schedule
 from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
-from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor, refuse_joint
+from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_joint
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
@@ -151,6 +155,7 @@ class DistributedExecutor:
     (NCCL, worker i on ``cuda:i``). Runs are served one at a time, in the order they arrive.
     ``kv_exchange``: "auto" (shared memory for a CPU pool on x86-64, else broadcasts),
     "shared_memory" or "broadcast"; ``self.kv_exchange`` says which the workers use.
+    ``tick_timeout_s``: a run whose workers report no tick for this long fails (a worker hung).
     """
 
     name = "distributed"
@@ -164,6 +169,7 @@ class DistributedExecutor:
         collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
         start_timeout_s: float = START_TIMEOUT_S,
         kv_exchange: str = "auto",
+        tick_timeout_s: float = TICK_TIMEOUT_S,
     ):
         if kv_exchange not in KV_EXCHANGES:
             raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
@@ -184,6 +190,7 @@ class DistributedExecutor:
             self.threads = threads_per_worker
         self.collective_timeout_s = collective_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.tick_timeout_s = tick_timeout_s
         self.requested_kv_exchange = kv_exchange
         self.kv_exchange: str | None = None  # what the workers chose, once started
         self._pool: _Pool | None = None
@@ -196,12 +203,27 @@ class DistributedExecutor:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers (if not running) and wait until each has loaded an identical replica."""
+        """Start the workers (if not running, or afresh if one died since the last run) and wait
+        until each has loaded an identical replica."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("this DistributedExecutor is closed")
+            if self._pool is not None and not all(p.is_alive() for p in self._pool.processes):
+                self._stop()  # a run needs the whole group: its survivors cannot take a new peer in
             if self._pool is None:
-                self._start()
+                with self._stopped_on_exception():
+                    self._start()
+
+    @contextmanager
+    def _stopped_on_exception(self):
+        """Whatever breaks off a start or a run (a failure, Ctrl-C, an exception in the caller's
+        own callback, ``close``) leaves the workers part-way through it: stop them, so that no
+        process outlives it and the next run starts afresh instead of meeting them mid-schedule."""
+        try:
+            yield
+        except BaseException:
+            self._stop()
+            raise
 
     def _start(self) -> None:
         context = mp.get_context("forkserver")
@@ -211,32 +233,34 @@ class DistributedExecutor:
         results = context.Queue()
         commands = [context.Queue() for _ in range(self.workers)]
         backend = "nccl" if self.device == "cuda" else "gloo"
-        processes = []
+        # the pool exists before its first process does, so that a start broken off part-way
+        # stops the processes it started
+        self._pool = _Pool([], commands, results, store, fingerprint=[])
         for rank in range(self.workers):
             config = _WorkerConfig(rank, self.workers, store.port, backend, self._worker_device(rank),
                                    self.threads, self.loader, self.collective_timeout_s, self.requested_kv_exchange)
             process = context.Process(target=_worker_main, args=(config, commands[rank], results),
                                       name=f"cascade-worker-{rank}", daemon=True)
             process.start()
-            processes.append(process)
-        self._pool = _Pool(processes, commands, results, store, fingerprint=[])
+            self._pool.processes.append(process)
         fingerprints = {}
         deadline = time.monotonic() + self.start_timeout_s
         while len(fingerprints) < self.workers:
-            message = self._next_message(deadline, "start")
+            message = self._next_message(deadline, "start", f"no answer within {self.start_timeout_s:.0f} s")
             if message[0] == "ready":
                 _, rank, fingerprints[rank], self.kv_exchange = message
         for rank, fingerprint in fingerprints.items():
             if not same_fingerprint(fingerprint, fingerprints[0]):
-                self._stop()
                 raise RuntimeError(f"distributed worker {rank} loaded different weights than worker 0 "
                                    f"from {self.loader!r}: a loader must be deterministic")
         self._pool.fingerprint = fingerprints[0]
 
     def close(self) -> None:
-        """Stop the workers (politely, then by force) and wait until they are gone; final."""
+        """Stop the workers (politely, then by force) and wait until they are gone; final. A run
+        in progress in another thread fails at once (its workers are stopped under it) rather
+        than hold up an application that is shutting down."""
+        self._closed = True  # seen by a run in progress within POLL_S, before the lock is free
         with self._lock:
-            self._closed = True
             self._stop(polite=True)
 
     def __enter__(self) -> "DistributedExecutor":
@@ -284,7 +308,8 @@ class DistributedExecutor:
         every block, in block order, as soon as its owner reports it final.
 
         Raises ValueError for a joint job or a model whose weights differ from the replicas,
-        RuntimeError naming the worker and the cause if a worker dies or fails.
+        RuntimeError naming the worker and the cause if a worker dies or fails, or if no tick
+        finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
         """
         refuse_joint(job)
         with self._lock:
@@ -292,7 +317,11 @@ class DistributedExecutor:
 
     def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
         self.start()
-        self._check_weights(job.transformer)
+        self._check_weights(job.transformer)  # a refused job leaves the pool as it was
+        with self._stopped_on_exception():
+            return self._run(job, schedule, progress, on_block)
+
+    def _run(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
         self._run_id += 1
         spec = dataclasses.replace(job, transformer=None, text=job.text.detach().cpu(), _text_on={})
         origin = time.perf_counter()
@@ -302,11 +331,15 @@ class DistributedExecutor:
         for command_queue in self._pool.commands:
             command_queue.put(command)
         blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
+        silence = f"no tick finished within {self.tick_timeout_s:g} s (tick_timeout_s): a worker hung"
+        deadline = time.monotonic() + self.tick_timeout_s
         while True:
-            message = self._next_message(None, f"run {self._run_id}")
+            message = self._next_message(deadline, f"run {self._run_id}", silence)
             kind, run_id = message[0], message[1]
             if run_id != self._run_id:
                 continue
+            # rank 0 reports every tick and owners every finished block: either shows the run moving
+            deadline = time.monotonic() + self.tick_timeout_s
             if kind == "progress" and progress is not None:
                 progress(message[2], message[3])
             elif kind == "block":
@@ -324,11 +357,14 @@ class DistributedExecutor:
             raise ValueError(f"the job's model weights differ from the pool's replicas (loaded by "
                              f"{self.loader!r}): build the pool with the same model and dtype")
 
-    def _next_message(self, deadline: float | None, during: str):
+    def _next_message(self, deadline: float, during: str, silence: str):
         """The next message from the workers; a dead worker, a reported error or the deadline
-        tears the pool down and raises RuntimeError."""
+        (``silence`` says what passing it means) tears the pool down and raises RuntimeError, and
+        so does ``close`` from another thread."""
         pool = self._pool
         while True:
+            if self._closed:
+                raise RuntimeError(f"the distributed pool was closed during {during}")
             try:
                 message = pool.results.get(timeout=POLL_S)
             except queue.Empty:
@@ -339,12 +375,14 @@ class DistributedExecutor:
                 raise self._failure(during, [])
             if message is not None:
                 return message
-            if deadline is not None and time.monotonic() > deadline:
-                raise self._failure(during, [], timed_out=True)
+            if time.monotonic() > deadline:
+                raise self._failure(during, [], silence=silence)
 
-    def _failure(self, during: str, errors: list, timed_out: bool = False) -> RuntimeError:
+    def _failure(self, during: str, errors: list, silence: str | None = None) -> RuntimeError:
         """Collect what went wrong on every worker, stop the pool, and describe it: dead workers
-        first (the cause), then the errors the others reported (often the consequence)."""
+        first (the cause), then the errors the others reported (often the consequence), then
+        ``silence`` (a deadline passed). The first line says it all; a worker's traceback
+        follows it for whoever wants the detail."""
         pool = self._pool
         deadline = time.monotonic() + FAILURE_GRACE_S
         while time.monotonic() < deadline:
@@ -361,8 +399,8 @@ class DistributedExecutor:
                 lines.append(f"{self._describe_worker(pool, rank)} died: {_describe_exit(process.exitcode)}")
         for _, rank, summary, _ in errors:
             lines.append(f"{self._describe_worker(pool, rank)} failed: {summary}")
-        if timed_out:
-            lines.append(f"no answer within {self.start_timeout_s:.0f} s")
+        if silence is not None:
+            lines.append(silence)
         self._stop()
         message = f"distributed pool failed during {during}: " + "; ".join(lines or ["a worker stopped"])
         if errors:
