@@ -32,8 +32,6 @@ QUEUE_SIZE = 8
 API_DEFAULTS = dict(preset="tiny-shapes", blocks=2, steps=1, backend="batched", workers=2, window=2, stride=1,
                     variant="causal", recache=True, bwcache=False, bwcache_threshold=0.15, seed=0)
 SHARED_MEMORY = Path("/dev/shm")
-# what pool workers (K/V slots), multiprocessing queues (semaphores) and torch put in shared memory
-LEFTOVER_PREFIXES = ("cascade-kv-", "sem.mp-", "torch_")
 
 
 @dataclass
@@ -83,13 +81,45 @@ def call_compare(url: str, values: list, timeout_s: float = 120) -> tuple[str, o
     events = [dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
               for block in text.split("\n\n")]
     last = [event for event in events if event.get("event") in ("complete", "error")][-1]
-    return last["event"], json.loads(last.get("data") or "null")
+    data = json.loads(last.get("data") or "null")
+    if last["event"] == "error":  # Gradio sends a gr.Error as {"error": message, "title": ..., ...}
+        return "error", data.get("error") if isinstance(data, dict) else data
+    return "complete", data
 
 
-def shared_memory_files() -> set[str]:
-    if not SHARED_MEMORY.is_dir():
-        return set()
-    return {path.name for path in SHARED_MEMORY.iterdir() if path.name.startswith(LEFTOVER_PREFIXES)}
+def shared_memory_mapped(processes: list[psutil.Process]) -> set[int]:
+    """The inodes of the shared-memory files ``processes`` map: their queues' semaphores and the
+    pool's K/V slots. By inode, not name: a semaphore is mapped under a temporary name and then
+    linked to its own, and another program's files must not count."""
+    inodes = set()
+    for process in processes:
+        try:
+            maps = Path(f"/proc/{process.pid}/maps").read_text()
+        except OSError:  # gone already
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(f"{SHARED_MEMORY}/"):
+                inodes.add(int(fields[4]))
+    return inodes
+
+
+def left_in_shared_memory(inodes: set[int], timeout_s: float = 10.0) -> list[str]:
+    """The files in shared memory of those with ``inodes`` that are still there after
+    ``timeout_s`` (or none, as soon as all have gone): a stopped queue's semaphores go when its
+    feeder thread has finished, a moment after the queue is closed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = []
+        for path in SHARED_MEMORY.iterdir() if SHARED_MEMORY.is_dir() else []:
+            try:
+                if path.stat().st_ino in inodes:
+                    left.append(path.name)
+            except FileNotFoundError:  # another program's, removed meanwhile
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def listening_ports(process: psutil.Process | None = None) -> set[int]:

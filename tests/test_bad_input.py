@@ -26,7 +26,8 @@ from demo_support import API_DEFAULTS, api_values, call_compare
 # right-to-left, emoji, full-width letters, Markdown, HTML and script, a lone surrogate (JSON
 # carries one), paths.
 NASTY_TEXT = [
-    "", " ", "\t\n \r", "x" * 10_000, "a red circle moving right", "\u200b\u200f\u2060", "\x00\x07\x1b[31m\x7f",
+    "", " ", "\t\n \r", "x" * 10_000, "a red circle moving right", "\u200b\u200f\u2060",
+    "\x00\x07\x1b[31m\x7f",
     "<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 1">',
     "a red <b class='probe'>circle</b> &amp; \"quotes\"", "עיגול אדום a red circle moving right",
     "\u202eright to left override\u202c", "🔴 a red circle ⭕ moving ➡️ 👩‍👩‍👧", "ｒｅｄ ｃｉｒｃｌｅ",

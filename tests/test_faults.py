@@ -25,8 +25,8 @@ import psutil
 import pytest
 
 from cascade.service import GenerateRequest, Service, first_line
-from demo_support import (TICK_TIMEOUT_S, api_values, call_compare, free_port, listening_ports, shared_memory_files,
-                          still_there, zombie_children)
+from demo_support import (TICK_TIMEOUT_S, api_values, call_compare, free_port, left_in_shared_memory,
+                          listening_ports, shared_memory_mapped, still_there, zombie_children)
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", mode="cascade", blocks=3, steps=2,
@@ -35,16 +35,43 @@ KILLED_BAR_S = 10  # issue 15: a killed worker fails its run within 10 s
 HUNG_S = 2.0  # the Service tests' tick timeout: a hung worker is found this long after the last tick
 
 
+def mapped_here() -> set[int]:
+    me = psutil.Process()
+    return shared_memory_mapped([me, *me.children(recursive=True)])
+
+
+class Leftovers:
+    """What this process maps in shared memory and listens on, beyond what it did before a test."""
+
+    def __init__(self):
+        self.mapped, self.ports = mapped_here(), listening_ports()
+        self.seen: set[int] = set()
+
+    def since(self) -> set[int]:
+        """The shared memory mapped now that was not before (remembered for the final check)."""
+        new = mapped_here() - self.mapped
+        self.seen |= new
+        return new
+
+    def assert_none(self) -> None:
+        assert left_in_shared_memory(self.seen) == []
+        assert listening_ports() - self.ports == set()
+        assert zombie_children() == []
+
+
 @pytest.fixture
-def clean(tmp_path):
-    """A Service of this process's own; after the test (and its close) this process holds no
-    new shared-memory file or listening port and has no zombie child."""
-    files, ports = shared_memory_files(), listening_ports()
+def leftovers():
+    """After the test (its Service closed): no shared-memory file, port or zombie of its own left."""
+    watch = Leftovers()
+    yield watch
+    watch.assert_none()
+
+
+@pytest.fixture
+def service(tmp_path, leftovers):
     with Service(output_root=tmp_path, device="cpu", tick_timeout_s=HUNG_S) as service:
         yield service
-    assert shared_memory_files() - files == set()
-    assert listening_ports() - ports == set()
-    assert zombie_children() == []
+        leftovers.since()  # what its pools hold, before it closes them
 
 
 def workers_of(pool) -> list[psutil.Process]:
@@ -67,10 +94,9 @@ def until_the_pool_sees_it_gone(pool, rank: int, timeout_s: float = 10) -> None:
 # --- through the Service ----------------------------------------------------------------------------
 
 
-def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succeeds(clean):
-    ports = listening_ports()
-    first = clean.generate(POOL, files=False)
-    old = workers_of(only_pool(clean))
+def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succeeds(service, leftovers):
+    first = service.generate(POOL, files=False)
+    old, held = workers_of(only_pool(service)), leftovers.since()
     killed = []
 
     def kill_worker_1(fraction, message):
@@ -79,57 +105,58 @@ def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succ
             killed.append(time.monotonic())
 
     with pytest.raises(RuntimeError) as raised:
-        clean.generate(POOL, progress=kill_worker_1, files=False)
+        service.generate(POOL, progress=kill_worker_1, files=False)
     assert time.monotonic() - killed[0] < KILLED_BAR_S
     assert re.match(rf"distributed pool failed during run \d+: worker 1 \(pid {old[1].pid}, cpu\) died: "
                     r"killed by signal SIGKILL", first_line(raised.value))
     assert still_there(old) == [] and zombie_children() == []
-    assert listening_ports() == ports  # the stopped pool's store closed its port
+    # the stopped pool's queues and K/V slots are gone from shared memory, and its store's port is closed
+    assert held and left_in_shared_memory(held) == [] and listening_ports() == leftovers.ports
 
-    again = clean.generate(POOL, files=False)
+    again = service.generate(POOL, files=False)
     assert np.array_equal(again.frames, first.frames)
-    assert {p.pid for p in workers_of(only_pool(clean))}.isdisjoint(p.pid for p in old)
+    assert {p.pid for p in workers_of(only_pool(service))}.isdisjoint(p.pid for p in old)
 
 
-def test_a_hung_worker_fails_the_run_after_the_tick_timeout_and_the_next_run_succeeds(clean):
-    first = clean.generate(POOL, files=False)
-    old = workers_of(only_pool(clean))
+def test_a_hung_worker_fails_the_run_after_the_tick_timeout_and_the_next_run_succeeds(service):
+    first = service.generate(POOL, files=False)
+    old = workers_of(only_pool(service))
     old[1].suspend()  # SIGSTOP: alive but silent, as a worker stuck in a driver call or a deadlock would be
     with pytest.raises(RuntimeError) as raised:
-        clean.generate(POOL, files=False)
+        service.generate(POOL, files=False)
     assert re.fullmatch(rf"distributed pool failed during run \d+: no tick finished within {HUNG_S:g} s "
                         r"\(tick_timeout_s\): a worker hung", first_line(raised.value))
     assert still_there(old) == []  # the stopped worker was killed too
 
-    again = clean.generate(POOL, files=False)
+    again = service.generate(POOL, files=False)
     assert np.array_equal(again.frames, first.frames)
 
 
-def test_a_worker_that_died_between_runs_is_replaced_before_the_next_run(clean):
-    first = clean.generate(POOL, files=False)
-    old = workers_of(only_pool(clean))
+def test_a_worker_that_died_between_runs_is_replaced_before_the_next_run(service):
+    first = service.generate(POOL, files=False)
+    old = workers_of(only_pool(service))
     old[0].kill()
-    until_the_pool_sees_it_gone(only_pool(clean), 0)
-    again = clean.generate(POOL, files=False)  # no error: nobody's run was in progress
+    until_the_pool_sees_it_gone(only_pool(service), 0)
+    again = service.generate(POOL, files=False)  # no error: nobody's run was in progress
     assert np.array_equal(again.frames, first.frames)
-    assert {p.pid for p in workers_of(only_pool(clean))}.isdisjoint(p.pid for p in old) and still_there(old) == []
+    assert {p.pid for p in workers_of(only_pool(service))}.isdisjoint(p.pid for p in old) and still_there(old) == []
 
 
-def test_closing_the_service_fails_a_run_in_progress_at_once_and_stops_every_worker(clean):
-    clean.generate(POOL, files=False)
-    old = workers_of(only_pool(clean))
+def test_closing_the_service_fails_a_run_in_progress_at_once_and_stops_every_worker(service):
+    service.generate(POOL, files=False)
+    old = workers_of(only_pool(service))
     busy, failed = threading.Event(), []
 
     def long_run():
         try:
-            clean.generate(replace(POOL, blocks=16, steps=16), progress=lambda *_: busy.set(), files=False)
+            service.generate(replace(POOL, blocks=16, steps=16), progress=lambda *_: busy.set(), files=False)
         except RuntimeError as error:
             failed.append(first_line(error))
 
     thread = threading.Thread(target=long_run)
     thread.start()
     assert busy.wait(timeout=60)
-    clean.close()  # what the app does when it shuts down
+    service.close()  # what the app does when it shuts down
     thread.join(timeout=30)
     assert len(failed) == 1 and re.fullmatch(r"the distributed pool was closed during run \d+", failed[0])
     assert still_there(old) == []
@@ -158,9 +185,12 @@ def test_the_page_reports_a_hung_worker_in_one_line_and_the_next_comparison_succ
 # --- Ctrl-C and a killed worker from outside: the command line and `python app.py` -----------------------
 
 
-CLI = [sys.executable, "-m", "cascade", "compare", "--prompt", "a red circle moving right", "--model", "random-tiny",
-       "--blocks", "16", "--steps", "16", "--window", "2", "--stride", "1", "--executor", "distributed",
-       "--workers", "2", "--threads", "1"]
+# The CLI on a pool of two one-thread workers: ``generate`` runs the cascade alone (its progress is
+# the pool's from the first tick), ``compare`` warms up, runs serial locally, then the cascade.
+RUN = ["--prompt", "a red circle moving right", "--model", "random-tiny", "--window", "2", "--stride", "1",
+       "--executor", "distributed", "--workers", "2", "--threads", "1"]
+GENERATE = [sys.executable, "-m", "cascade", "generate", "--mode", "cascade", "--blocks", "16", "--steps", "16", *RUN]
+COMPARE = [sys.executable, "-m", "cascade", "compare", "--blocks", "8", "--steps", "8", *RUN]
 
 
 class Output:
@@ -182,6 +212,11 @@ class Output:
         self.reader.join(timeout=10)
         return [line for line in re.split(r"[\r\n]", self.text()) if line.strip()]
 
+    def progress(self) -> float:
+        """The last progress figure the CLI printed (0 before the first)."""
+        figures = re.findall(r"(\d+\.\d)% tick", self.text())
+        return float(figures[-1]) if figures else 0.0
+
 
 def environment(tmp_path: Path, **extra) -> dict:
     # TMPDIR: the default output root and Gradio's cache land in the test's folder, not in /tmp
@@ -201,27 +236,27 @@ def end(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def pool_of(pid: int) -> tuple[list[psutil.Process], list[psutil.Process]]:
-    """Every descendant of ``pid``, and the pool's workers among them (forked by the forkserver,
-    so grandchildren, where the forkserver and the resource tracker are children)."""
-    family = psutil.Process(pid).children(recursive=True)
-    return family, [p for p in family if p.ppid() != pid]
-
-
-def cli_in_cascade(process: subprocess.Popen, output: Output, timeout_s: float = 180) -> None:
-    """Until the CLI's progress passes the serial half: the cascaded run is on the pool."""
+def until(condition, process: subprocess.Popen, output: Output, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
-    while not [f for f in re.findall(r"(\d+\.\d)% tick", output.text()) if float(f) > 52]:
+    while not condition():
         assert process.poll() is None and time.monotonic() < deadline, output.text()[-3000:]
         time.sleep(0.02)
 
 
+def family_of(pid: int) -> tuple[list[psutil.Process], list[psutil.Process], set[int]]:
+    """The process and all under it, the pool's workers among them (forked by the forkserver, so
+    grandchildren, where the forkserver and the resource tracker are children), and the
+    shared memory they map."""
+    top = psutil.Process(pid)
+    family = [top, *top.children(recursive=True)]
+    return family, [p for p in family[1:] if p.ppid() != pid], shared_memory_mapped(family)
+
+
 def test_the_cli_reports_a_killed_worker_in_one_line_and_leaves_nothing(tmp_path):
-    files = shared_memory_files()
-    process, output = start([*CLI, "--out", str(tmp_path / "out")], environment(tmp_path))
+    process, output = start([*GENERATE, "--out", str(tmp_path / "out")], environment(tmp_path))
     try:
-        cli_in_cascade(process, output)
-        family, workers = pool_of(process.pid)
+        until(lambda: output.progress() > 0, process, output)  # the run is on the pool
+        family, workers, held = family_of(process.pid)
         workers[1].kill()
         killed = time.monotonic()
         process.wait(timeout=60)
@@ -233,15 +268,14 @@ def test_the_cli_reports_a_killed_worker_in_one_line_and_leaves_nothing(tmp_path
     assert re.match(rf"error: distributed pool failed during run \d+: worker \d \(pid {workers[1].pid}, cpu\) died: "
                     "killed by signal SIGKILL", errors[0])
     assert "Traceback" not in output.text() and took < KILLED_BAR_S
-    assert still_there(family) == [] and shared_memory_files() - files == set()
+    assert still_there(family) == [] and held and left_in_shared_memory(held) == []
 
 
 def test_ctrl_c_on_the_cli_stops_its_workers_and_leaves_nothing(tmp_path):
-    files = shared_memory_files()
-    process, output = start([*CLI, "--out", str(tmp_path / "out")], environment(tmp_path))
+    process, output = start([*COMPARE, "--out", str(tmp_path / "out")], environment(tmp_path))
     try:
-        cli_in_cascade(process, output)
-        family, workers = pool_of(process.pid)
+        until(lambda: output.progress() > 50, process, output)  # past the serial half: the cascade is on the pool
+        family, workers, held = family_of(process.pid)
         assert len(workers) == 2
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
@@ -250,26 +284,24 @@ def test_ctrl_c_on_the_cli_stops_its_workers_and_leaves_nothing(tmp_path):
     lines = output.lines()
     assert process.returncode == 130 and lines[-1] == "error: interrupted", output.text()[-3000:]
     assert "Traceback" not in output.text() and "leaked" not in output.text()
-    assert still_there(family) == [] and shared_memory_files() - files == set()
+    assert still_there(family) == [] and held and left_in_shared_memory(held) == []
 
 
 def serving(process: subprocess.Popen, url: str, output: Output, timeout_s: float = 120) -> None:
     """Until ``url`` answers (the app serves its page at once and warms up behind it)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, output.text()[-3000:]
+    def answers() -> bool:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+            return False
+
+    until(answers, process, output, timeout_s)
 
 
 def test_ctrl_c_on_the_app_during_a_comparison_closes_its_service_and_leaves_nothing(tmp_path):
     from gradio_client import Client
 
-    files, port = shared_memory_files(), free_port()
+    port = free_port()
     env = environment(tmp_path, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
                       GRADIO_ANALYTICS_ENABLED="False")
     process, output = start([sys.executable, "app.py"], env)
@@ -278,17 +310,16 @@ def test_ctrl_c_on_the_app_during_a_comparison_closes_its_service_and_leaves_not
         serving(process, url, output)
         client = Client(url, verbose=False)
         client.predict("a red circle", blocks=1, steps=1, api_name="/compare")  # warmed up: the pool is running
-        family, workers = pool_of(process.pid)
+        family, workers, _ = family_of(process.pid)
         idle = sum(sum(w.cpu_times()[:2]) for w in workers)
         client.submit("a red circle moving right", blocks=16, steps=16, api_name="/compare")
-        deadline = time.monotonic() + 120
-        while sum(sum(w.cpu_times()[:2]) for w in workers) < idle + 0.3:  # its cascade is on the pool
-            assert time.monotonic() < deadline, output.text()[-3000:]
-            time.sleep(0.02)
+        # its serial half runs in the app, its cascade on the pool
+        until(lambda: sum(sum(w.cpu_times()[:2]) for w in workers) > idle + 0.3, process, output)
+        held = shared_memory_mapped(family)
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     finally:
         end(process)
-    assert still_there(family) == [] and shared_memory_files() - files == set(), output.text()[-3000:]
+    assert still_there(family) == [] and held and left_in_shared_memory(held) == [], output.text()[-3000:]
     with httpx.Client() as http, pytest.raises(httpx.ConnectError):
         http.get(url, timeout=5)  # nobody listens on the app's port any more

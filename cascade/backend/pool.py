@@ -136,7 +136,13 @@ def _exit_now(code: int, results) -> None:
 
 @dataclass
 class _Pool:
-    """One generation of workers; replaced as a whole after any failure."""
+    """One generation of workers; replaced as a whole after any failure.
+
+    Only ``DistributedExecutor._pool`` refers to one: no method keeps it (or its queues) in a
+    local, since a failure's traceback keeps the frames it passed through for as long as someone
+    holds the error, and a pool kept alive would keep its store's port open and its queues'
+    semaphores in /dev/shm.
+    """
 
     processes: list
     commands: list
@@ -228,20 +234,18 @@ class DistributedExecutor:
     def _start(self) -> None:
         context = mp.get_context("forkserver")
         context.set_forkserver_preload([__name__, type(self.loader).__module__])
-        store = dist.TCPStore("127.0.0.1", 0, self.workers, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=self.collective_timeout_s))
-        results = context.Queue()
-        commands = [context.Queue() for _ in range(self.workers)]
         backend = "nccl" if self.device == "cuda" else "gloo"
-        # the pool exists before its first process does, so that a start broken off part-way
-        # stops the processes it started
-        self._pool = _Pool([], commands, results, store, fingerprint=[])
+        # The pool exists before its first process does, so that a start broken off part-way stops
+        # the processes it started.
+        self._pool = _Pool([], [context.Queue() for _ in range(self.workers)], context.Queue(), fingerprint=[],
+                           store=dist.TCPStore("127.0.0.1", 0, self.workers, is_master=True, wait_for_workers=False,
+                                               timeout=timedelta(seconds=self.collective_timeout_s)))
         for rank in range(self.workers):
-            config = _WorkerConfig(rank, self.workers, store.port, backend, self._worker_device(rank),
+            config = _WorkerConfig(rank, self.workers, self._pool.store.port, backend, self._worker_device(rank),
                                    self.threads, self.loader, self.collective_timeout_s, self.requested_kv_exchange)
-            process = context.Process(target=_worker_main, args=(config, commands[rank], results),
+            process = context.Process(target=_worker_main, args=(config, self._pool.commands[rank], self._pool.results),
                                       name=f"cascade-worker-{rank}", daemon=True)
-            process.start()
+            process.start()  # which drops its arguments: the process object holds no queue
             self._pool.processes.append(process)
         fingerprints = {}
         deadline = time.monotonic() + self.start_timeout_s
@@ -273,8 +277,8 @@ class DistributedExecutor:
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._pool.processes] if self._pool else []
 
-    def _describe_worker(self, pool: _Pool, rank: int) -> str:
-        return f"worker {rank} (pid {pool.processes[rank].pid}, {self._worker_device(rank)})"
+    def _describe_worker(self, rank: int) -> str:
+        return f"worker {rank} (pid {self._pool.processes[rank].pid}, {self._worker_device(rank)})"
 
     def _worker_device(self, rank: int) -> str:
         return f"cuda:{rank}" if self.device == "cuda" else "cpu"
@@ -327,9 +331,7 @@ class DistributedExecutor:
         origin = time.perf_counter()
         # Plain pickle, once: torch's queue pickler would move the prompt tensor through a new
         # shared-memory segment for every worker, milliseconds on the clock of every run.
-        command = pickle.dumps((self._run_id, spec, schedule, origin))
-        for command_queue in self._pool.commands:
-            command_queue.put(command)
+        self._send(pickle.dumps((self._run_id, spec, schedule, origin)))
         blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
         silence = f"no tick finished within {self.tick_timeout_s:g} s (tick_timeout_s): a worker hung"
         deadline = time.monotonic() + self.tick_timeout_s
@@ -350,6 +352,11 @@ class DistributedExecutor:
                 blocks.flush(result.latents)
                 return result
 
+    def _send(self, command: bytes) -> None:
+        # a method of its own: the loop variable would keep a queue alive in _run's frame (see _Pool)
+        for command_queue in self._pool.commands:
+            command_queue.put(command)
+
     def _check_weights(self, transformer: torch.nn.Module) -> None:
         if transformer not in self._job_fingerprints:
             self._job_fingerprints[transformer] = weight_fingerprint(transformer)
@@ -361,17 +368,16 @@ class DistributedExecutor:
         """The next message from the workers; a dead worker, a reported error or the deadline
         (``silence`` says what passing it means) tears the pool down and raises RuntimeError, and
         so does ``close`` from another thread."""
-        pool = self._pool
         while True:
             if self._closed:
                 raise RuntimeError(f"the distributed pool was closed during {during}")
             try:
-                message = pool.results.get(timeout=POLL_S)
+                message = self._pool.results.get(timeout=POLL_S)
             except queue.Empty:
                 message = None
             if message is not None and message[0] == "error":
                 raise self._failure(during, [message])
-            if any(not p.is_alive() for p in pool.processes):
+            if any(not p.is_alive() for p in self._pool.processes):
                 raise self._failure(during, [])
             if message is not None:
                 return message
@@ -383,22 +389,19 @@ class DistributedExecutor:
         first (the cause), then the errors the others reported (often the consequence), then
         ``silence`` (a deadline passed). The first line says it all; a worker's traceback
         follows it for whoever wants the detail."""
-        pool = self._pool
         deadline = time.monotonic() + FAILURE_GRACE_S
         while time.monotonic() < deadline:
             try:
-                message = pool.results.get(timeout=POLL_S)
+                message = self._pool.results.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             if message[0] == "error":
                 errors.append(message)
         reported = {rank for _, rank, _, _ in errors}
-        lines = []
-        for rank, process in enumerate(pool.processes):
-            if not process.is_alive() and rank not in reported:
-                lines.append(f"{self._describe_worker(pool, rank)} died: {_describe_exit(process.exitcode)}")
-        for _, rank, summary, _ in errors:
-            lines.append(f"{self._describe_worker(pool, rank)} failed: {summary}")
+        lines = [f"{self._describe_worker(rank)} died: {_describe_exit(process.exitcode)}"
+                 for rank, process in enumerate(self._pool.processes)
+                 if not process.is_alive() and rank not in reported]
+        lines += [f"{self._describe_worker(rank)} failed: {summary}" for _, rank, summary, _ in errors]
         if silence is not None:
             lines.append(silence)
         self._stop()
