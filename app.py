@@ -181,8 +181,9 @@ def page_choices(service: Service, defaults: GenerateRequest | None = None) -> C
     runnable = tuple(p["name"] for p in presets if p["runnable"])
     request = defaults or service.default_request(load_examples()[0])
     request = service.resolve(replace(request, mode="cascade"))
+    # what a preset needs, on one line: the page's messages are one line (the rest names files to fetch)
     return Choices(defaults=request, runnable=runnable,
-                   unavailable=tuple((p["name"], p["needs"]) for p in presets if not p["runnable"]),
+                   unavailable=tuple((p["name"], p["needs"].splitlines()[0]) for p in presets if not p["runnable"]),
                    max_workers=max(2, request.workers), max_blocks=limits.blocks, max_steps=limits.steps)
 
 

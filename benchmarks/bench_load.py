@@ -44,7 +44,7 @@ def examples() -> list[str]:
 
 
 def timed_request(client, prompt: str, seed: int) -> dict:
-    from gradio_client.exceptions import QueueError
+    from gradio_client.utils import QueueError
 
     started = time.perf_counter()
     try:

@@ -52,8 +52,7 @@ def test_eight_visitors_at_once_each_get_exactly_what_they_get_alone(small):
 
 def test_a_visitor_beyond_the_queue_size_is_refused_with_a_clear_message(small):
     from gradio_client import Client
-    from gradio_client.exceptions import QueueError
-    from gradio_client.utils import Status
+    from gradio_client.utils import QueueError, Status
 
     client = Client(small.url, verbose=False)
     jobs = []
