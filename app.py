@@ -3,17 +3,21 @@
 ``python app.py`` serves the page. It lays out and wires only: every run goes through one
 ``cascade.service.Service``, created when the app starts, warmed up, and shared by every visitor.
 Gradio's queue runs one comparison at a time (one ``concurrency_id``, limit 1), so two runs never
-share the backend and the timings stay honest. ``build_demo(service)`` builds the page for any
-Service, so tests and benchmarks launch it with a small one.
+share the backend and the timings stay honest; at most ``QUEUE_SIZE`` wait behind it, and the next
+visitor is told the queue is full. Bounds on a request (blocks, steps, which models) are the
+Service's (``Service.limits``); the page offers and enforces them. ``build_demo(service)`` builds
+the page for any such Service, so tests and benchmarks launch it with a small one. Ctrl-C closes
+the Service on the way out: a run in progress fails, and no worker or shared memory is left.
 """
 
 import base64
 import html
 import io
 import json
-import math
+import logging
 import queue
 import re
+import reprlib
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,15 +28,16 @@ import plotly.colors
 import plotly.graph_objects as go
 from PIL import Image
 
-from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS, GenerateRequest, Service, parse_prompt_schedule
+from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS, GenerateRequest, Service, first_line, parse_prompt_schedule
 
 EXAMPLES_FILE = Path(__file__).parent / "examples" / "prompts.json"
 BACKEND = "backend"  # the one concurrency group every comparison queues in
 OUTPUT_TTL_S = 3600  # a request's folder (and Gradio's copies of its files) lives an hour
 CACHE_SWEEP_S = 600
 SEED_MAX = 2**31 - 1
-# Upper bounds a public page puts on one request, so one visitor cannot hold the queue for long.
-LIMITS = {"blocks": 16, "steps": 32, "window": 16, "stride": 33}
+# Visitors waiting at most (Gradio's queue, beside the one running); the next is told the queue is
+# full instead of waiting behind everyone (bench_load: requests per minute at 1, 4 and 8 clients).
+QUEUE_SIZE = 16
 THRESHOLD_MAX = 1.0
 THUMB_MAX_SIDE = 128  # replay and preview tiles: small enough for any model's frames
 REPLAY_SECONDS = 6.0  # the slower run is replayed over about this long (never faster than it ran)
@@ -158,33 +163,68 @@ def load_examples(path: Path = EXAMPLES_FILE, kind: str = "prompts") -> list[str
 @dataclass(frozen=True)
 class Choices:
     """What the page offers on this machine: its default request (every setting concrete), the
-    presets that can run here, those that cannot (with what they need), and the most workers."""
+    presets that can run here, those that cannot (with what they need), the most workers, and
+    the service's bounds on blocks and steps (``Service.limits``)."""
 
     defaults: GenerateRequest
     runnable: tuple[str, ...]
     unavailable: tuple[tuple[str, str], ...]
     max_workers: int
+    max_blocks: int
+    max_steps: int
 
 
 def page_choices(service: Service, defaults: GenerateRequest | None = None) -> Choices:
     """The page's defaults: the service's best request for this machine unless given, with
     every setting made concrete for its model."""
+    limits = service.limits
+    if limits.blocks is None or limits.steps is None or limits.model_paths:
+        raise ValueError("a public page needs a Service with bounds on blocks and steps and no model paths "
+                         "(cascade.service.Limits)")
     presets = service.presets()
     runnable = tuple(p["name"] for p in presets if p["runnable"])
     request = defaults or service.default_request(load_examples()[0])
     request = service.resolve(replace(request, mode="cascade"))
+    # what a preset needs, on one line: the page's messages are one line (the rest names files to fetch)
     return Choices(defaults=request, runnable=runnable,
-                   unavailable=tuple((p["name"], p["needs"]) for p in presets if not p["runnable"]),
-                   max_workers=max(2, request.workers))
+                   unavailable=tuple((p["name"], p["needs"].splitlines()[0]) for p in presets if not p["runnable"]),
+                   max_workers=max(2, request.workers), max_blocks=limits.blocks, max_steps=limits.steps)
+
+
+# Checks of what the page or an API client sent: any JSON value may arrive, of any length, so
+# each names the setting and quotes the value cut short (reprlib).
 
 
 def whole(name: str, value, low: int, high: int) -> int:
     """A setting that must be a whole number in [low, high]; ValueError with one clear line."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not value.is_integer()):  # NaN and infinities are not whole either
+        raise ValueError(f"{name} must be a whole number, got {reprlib.repr(value)}")
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {int(value)}")
+        raise ValueError(f"{name} must be between {low} and {high}, got {reprlib.repr(int(value))}")
     return int(value)
+
+
+def flag(name: str, value) -> bool:
+    """A setting that must be true or false (a checkbox); "false" or 0 from an API client are not."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {reprlib.repr(value)}")
+    return value
+
+
+def one_of(name: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {reprlib.repr(value)}")
+    return value
+
+
+def runnable_preset(choices: Choices, preset) -> str:
+    """A preset the page offers; only these names reach the service (never a path)."""
+    if isinstance(preset, str) and preset in choices.runnable:
+        return preset
+    needs = dict(choices.unavailable).get(preset) if isinstance(preset, str) else None
+    raise ValueError(f"the preset {preset!r} cannot run here: it needs {needs}" if needs else
+                     f"unknown preset {reprlib.repr(preset)}; choose one of {', '.join(choices.runnable)}")
 
 
 def make_request(choices: Choices, prompt, preset, blocks, steps, backend, workers, window, stride,
@@ -193,37 +233,33 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
     could not take, with the same message on the page and through the API. A ``prompt_schedule``
     (its text form, one ``block: prompt`` per line) replaces the prompt."""
     if not isinstance(prompt_schedule, str):
-        raise ValueError(f"the prompt schedule must be text, got {prompt_schedule!r}")
+        raise ValueError(f"the prompt schedule must be text, got {reprlib.repr(prompt_schedule)}")
     schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule.strip() else None
     if schedule is not None:
         prompt = ""
-    elif not isinstance(prompt, str) or not prompt.strip():
+    elif prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moving right'")
-    if preset not in choices.runnable:
-        needs = dict(choices.unavailable).get(preset)
-        raise ValueError(f"the preset {preset!r} cannot run here: it needs {needs}" if needs else
-                         f"unknown preset {preset!r}; choose one of {', '.join(choices.runnable)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or not 0 <= threshold <= THRESHOLD_MAX:
-        raise ValueError(f"the BWCache threshold must be a number from 0 to {THRESHOLD_MAX}, got {threshold!r}")
-    steps = whole("steps", steps, 1, LIMITS["steps"])
-    if whole("stride", stride, 1, LIMITS["stride"]) > steps + bool(recache):
+    preset = runnable_preset(choices, preset)
+    backend, variant = one_of("backend", backend, BACKENDS), one_of("variant", variant, VARIANTS)
+    recache, bwcache = flag("recache", recache), flag("bwcache", bwcache)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= THRESHOLD_MAX:
+        raise ValueError(f"the BWCache threshold must be a number from 0 to {THRESHOLD_MAX}, "
+                         f"got {reprlib.repr(threshold)}")
+    steps = whole("steps", steps, 1, choices.max_steps)
+    stride = whole("stride", stride, 1, choices.max_steps + 1)
+    if stride > steps + recache:
         raise ValueError(f"stride must be at most the items per block ({steps} steps"
-                         f"{' + recache' if recache else ''}), got {int(stride)}")
+                         f"{' + recache' if recache else ''}), got {stride}")
     request = GenerateRequest(
         prompt=prompt, prompt_schedule=schedule, mode="cascade", model=preset,
-        blocks=whole("blocks", blocks, 1, LIMITS["blocks"]), steps=steps,
-        window=whole("window", window, 1, LIMITS["window"]), stride=whole("stride", stride, 1, LIMITS["stride"]),
-        recache=bool(recache), joint=variant == "joint", executor=BACKENDS[backend],
+        blocks=whole("blocks", blocks, 1, choices.max_blocks), steps=steps,
+        window=whole("window", window, 1, choices.max_blocks), stride=stride,
+        recache=recache, joint=variant == "joint", executor=BACKENDS[backend],
         workers=whole("workers", workers, 1, choices.max_workers), seed=whole("seed", seed, 0, SEED_MAX),
         # a pool's workers keep the default's threads each (one core each on a CPU box); one device
         # batched uses all of it, as the service's own one-device default does
         threads=choices.defaults.threads if backend == "pool" else None,
-        bwcache=bool(bwcache), bwcache_threshold=float(threshold), kv_exchange=choices.defaults.kv_exchange)
+        bwcache=bwcache, bwcache_threshold=float(threshold), kv_exchange=choices.defaults.kv_exchange)
     request.validate()
     return request
 
@@ -284,10 +320,15 @@ class Backend:
 
 
 def user_error(error: Exception) -> gr.Error:
-    """One clear line for the page: bad input as it is, a backend failure named as one."""
+    """One clear line for the page and the API: bad input as it is, a backend failure named as
+    one, by its first line (the whole of it, a worker's traceback too, goes to the server's log).
+    Escaped: toasts render HTML, and a message may quote what a visitor sent."""
     if isinstance(error, ValueError):
-        return gr.Error(str(error), print_exception=False)
-    return gr.Error(f"The backend failed: {error}", print_exception=False)
+        text = str(error)
+    else:
+        logging.getLogger(__name__).error("a comparison failed: %s", error, exc_info=error)
+        text = f"The backend failed: {first_line(error)}"
+    return gr.Error(html.escape(text, quote=False), print_exception=False)
 
 
 # --- pictures and figures (pure formatting) ----------------------------------------------------
@@ -484,9 +525,11 @@ def timeline_figure(stats: dict) -> go.Figure:
 # --- the page ----------------------------------------------------------------------------------
 
 
-def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.Blocks:
+def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     """The page and the ``compare`` API for ``service`` (warmed up in the background from now on).
-    ``defaults``: the page's default settings (default: the service's best for this machine)."""
+    ``defaults``: the page's default settings (default: the service's best for this machine);
+    ``queue_size``: comparisons that may wait at once (page and API together) before the next
+    is refused with "Queue is full"."""
     choices = page_choices(service, defaults)
     backend = Backend(service, choices)
     d = choices.defaults
@@ -542,7 +585,7 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
                 progress(0, desc="Waiting for the backend to warm up")
                 backend.wait_until_ready()
                 yield from page_updates(backend, request, progress)
-            except (ValueError, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - every failure reaches the visitor as one line
                 raise user_error(error) from None
 
         # the progress bar and the queue position show on the speedup line, so the previews stay visible
@@ -550,7 +593,7 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None) -> gr.
               api_visibility="private", concurrency_id=BACKEND, concurrency_limit=1, show_progress="full",
               show_progress_on=[speedup])
         gr.api(api_function(backend), api_name="compare", concurrency_id=BACKEND, concurrency_limit=1)
-    return demo
+    return demo.queue(max_size=queue_size)
 
 
 def settings_panel(service: Service, choices: Choices) -> list:
@@ -560,9 +603,9 @@ def settings_panel(service: Service, choices: Choices) -> list:
     with gr.Accordion("Settings", open=False, elem_id="settings"):
         with gr.Row():
             preset = gr.Dropdown(list(choices.runnable), value=d.model, label="Model preset", elem_id="preset")
-            blocks = gr.Slider(1, LIMITS["blocks"], value=d.blocks, step=1, label="Video length (blocks)",
+            blocks = gr.Slider(1, choices.max_blocks, value=d.blocks, step=1, label="Video length (blocks)",
                                elem_id="blocks")
-            steps = gr.Slider(1, LIMITS["steps"], value=d.steps, step=1, label="Steps per block", elem_id="steps")
+            steps = gr.Slider(1, choices.max_steps, value=d.steps, step=1, label="Steps per block", elem_id="steps")
         with gr.Row():
             backend = gr.Radio([(f"worker pool (one worker per {'GPU' if service.device == 'cuda' else 'core'})",
                                  "pool"), ("one device, batched", "batched")],
@@ -571,9 +614,9 @@ def settings_panel(service: Service, choices: Choices) -> list:
                                 label="Workers in the pool", elem_id="workers",
                                 info="another count starts another pool (a few seconds, once)")
         with gr.Row():
-            window = gr.Slider(1, LIMITS["window"], value=d.window, step=1, label="Window (blocks in flight)",
+            window = gr.Slider(1, choices.max_blocks, value=d.window, step=1, label="Window (blocks in flight)",
                                elem_id="window")
-            stride = gr.Slider(1, LIMITS["stride"], value=d.stride, step=1, elem_id="stride",
+            stride = gr.Slider(1, choices.max_steps + 1, value=d.stride, step=1, elem_id="stride",
                                label="Stride (steps before the next block starts)")
             variant = gr.Radio(list(VARIANTS), value="joint" if d.joint else "causal", label="Variant",
                                info="joint: blocks in flight attend to each other in one forward (one device)",
@@ -663,7 +706,7 @@ def api_function(shared: Backend):
                                    variant, recache, bwcache, bwcache_threshold, seed, prompt_schedule)
             shared.wait_until_ready()
             result = shared.service.compare(request)
-        except (ValueError, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - every failure reaches the visitor as one line
             raise user_error(error) from None
         files = result.files
         return (gr.FileData(path=str(files["serial.mp4"])), gr.FileData(path=str(files["cascade.mp4"])),

@@ -41,10 +41,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
 
 
-def _progress(fraction: float, message: str) -> None:
-    print(f"\r{fraction:6.1%} {message}", end="", file=sys.stderr, flush=True)
-    if fraction >= 1:
-        print(file=sys.stderr)
+class ProgressLine:
+    """A run's progress on one line of stderr, rewritten in place. ``end()`` finishes a line that
+    a failed or interrupted run left open, so that the error after it has a line of its own."""
+
+    def __init__(self):
+        self.open = False
+
+    def __call__(self, fraction: float, message: str) -> None:
+        print(f"\r{fraction:6.1%} {message}", end="", file=sys.stderr, flush=True)
+        self.open = fraction < 1
+        if not self.open:
+            print(file=sys.stderr)
+
+    def end(self) -> None:
+        if self.open:
+            print(file=sys.stderr)
+            self.open = False
 
 
 def _request(args: argparse.Namespace, mode: str):
@@ -72,22 +85,22 @@ def _notes(stats: dict) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .service import Service
+    from .service import UNLIMITED, Service
 
-    with Service() as service:
-        result = service.generate(_request(args, args.mode), progress=_progress, folder=args.out)
+    with Service(limits=UNLIMITED) as service:  # the command line: the machine is its user's
+        result = service.generate(_request(args, args.mode), progress=args.progress, folder=args.out)
     _notes(result.stats)
     print(f"{_summary(result.stats)} -> {args.out}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .service import Service
+    from .service import UNLIMITED, Service
 
     request = _request(args, "cascade")
-    with Service() as service:
+    with Service(limits=UNLIMITED) as service:
         service.warm_up(request)  # nothing timed below pays for loading or starting; bad values fail here
-        result = service.compare(request, progress=_progress, folder=args.out)
+        result = service.compare(request, progress=args.progress, folder=args.out)
     s = result.stats
     _notes(s["serial"])
     print(_summary(s["serial"]))
@@ -133,12 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command; every failure a person can act on ends as one ``error:`` line on stderr."""
     args = build_parser().parse_args(argv)
+    args.progress = ProgressLine()
     try:
         return args.run(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:  # bad input, found before any work
+        return _fail(args, str(error), 2)
+    except RuntimeError as error:  # a run that failed (a worker died or hung): the rest is detail
+        from .service import first_line
+
+        return _fail(args, first_line(error), 1)
+    except KeyboardInterrupt:  # Ctrl-C: the Service stopped its workers on the way out
+        return _fail(args, "interrupted", 130)
+
+
+def _fail(args: argparse.Namespace, line: str, code: int) -> int:
+    args.progress.end()
+    print(f"error: {line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ into a fresh folder under the output root. ``close()`` stops every pool.
 from __future__ import annotations
 
 import json
+import os
 import re
+import reprlib
 import shutil
 import tempfile
 import threading
@@ -32,9 +34,10 @@ import torch
 
 from . import metrics
 from .backend import LocalExecutor
-from .backend.rank import KV_EXCHANGES
+from .backend.rank import KV_EXCHANGES, TICK_TIMEOUT_S
 from .caching import BWCacheConfig
-from .model.presets import CascadeModel, PresetLoader, default_model_name, load_model, preset_status
+from .model.presets import (CascadeModel, PresetLoader, available_models, default_model_name, load_model,
+                             preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
 from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule
 from .schedule import parse_prompt_schedule  # noqa: F401 - the text form's parser, for callers of this door (the app)
@@ -47,6 +50,50 @@ MAX_PROMPT_CHARS = 2000
 FALLBACK_DEFAULTS = dict(mode="serial", blocks=8, window=4, recache=True, joint=False)
 FOLDER_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # what the service names its per-request folders
 WARM_UP_PROMPT = "a red circle moving right"
+MAX_SEED = 2**63 - 1  # stats carry the seed, and JSON encoders (orjson, Gradio's) stop at 64-bit integers
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most one request may ask of a Service, and whether it may name a model by its path.
+
+    A public page needs bounds: a run's memory grows with its blocks (the KV cache holds every
+    block's K/V; ``benchmarks/bench_load.py`` measures the peak at these bounds) and its time with
+    blocks × steps, while the run holds the queue for everyone behind it. ``None``: no bound.
+    ``model_paths``: a request may name a model folder instead of a preset; a public service
+    must not load whatever path a visitor types, so only the presets are offered by default.
+    """
+
+    blocks: int | None = 16
+    steps: int | None = 32
+    model_paths: bool = False
+
+
+# A caller on its own machine (the CLI, benchmarks): no bounds, and model folders by path.
+UNLIMITED = Limits(blocks=None, steps=None, model_paths=True)
+
+
+def first_line(error: BaseException) -> str:
+    """What a person is shown of an error: its first line (a pool's failure goes on with a
+    worker's traceback, for whoever reads the detail)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_prompt_text(prompt) -> None:
+    """ValueError, one clear line, for a prompt no run could take. Values are quoted cut short:
+    a visitor may send anything, of any length."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, got {reprlib.repr(prompt)}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    # nothing a reader could see: blanks, control and format characters (zero-width, direction marks)
+    if not any(c.isprintable() and not c.isspace() for c in prompt):
+        raise ValueError("the prompt is empty")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can carry one ("\ud800"); no file or page can show it
+        raise ValueError("the prompt is not valid text: it holds a lone surrogate (U+D800 to U+DFFF)") from None
 
 
 def default_stride(steps: int) -> int:
@@ -98,23 +145,22 @@ class GenerateRequest:
         return self.prompt_schedule or ((0, self.prompt),)
 
     def validate(self) -> None:
-        """Raise ValueError, one clear line, for any value no run could take (before any work)."""
+        """Raise ValueError, one clear line, for any value no run could take (before any work).
+        Values are quoted cut short (``reprlib``): a visitor may send anything, of any length."""
         self._check_prompts()
-        if self.mode is not None and self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        for name in ("blocks", "steps", "window", "stride", "workers", "threads"):
+        for name, allowed in (("mode", (None, *MODES)), ("executor", EXECUTORS), ("kv_exchange", KV_EXCHANGES)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
-        if self.kv_exchange not in KV_EXCHANGES:
-            raise ValueError(f"kv_exchange must be one of {', '.join(KV_EXCHANGES)}, got {self.kv_exchange!r}")
+            if value not in allowed:
+                named = ", ".join(a for a in allowed if a is not None)
+                raise ValueError(f"{name} must be one of {named}, got {reprlib.repr(value)}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ValueError(f"model must be a model's name, got {reprlib.repr(self.model)}")
+        self._check_numbers()
+        for name in ("recache", "joint", "bwcache"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {reprlib.repr(value)}")
         self._check_joint()
-        if not (isinstance(self.bwcache_threshold, (int, float)) and self.bwcache_threshold >= 0):
-            raise ValueError(f"bwcache_threshold must be a number of at least 0, got {self.bwcache_threshold!r}")
 
     def _check_prompts(self) -> None:
         if self.prompt_schedule is not None:
@@ -122,11 +168,22 @@ class GenerateRequest:
             if self.prompt not in ("", first):
                 raise ValueError("give a prompt or a prompt schedule, not both: the prompt differs from the "
                                  "schedule's block-0 prompt")
-        elif not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError("the prompt is empty")
         for _, prompt in self.prompts:
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise ValueError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+            check_prompt_text(prompt)
+
+    def _check_numbers(self) -> None:
+        for name in ("blocks", "steps", "window", "stride", "workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {reprlib.repr(value)}")
+        cores = os.cpu_count() or 1
+        if self.threads is not None and self.threads > cores:  # torch would start them all
+            raise ValueError(f"threads must be at most this machine's {cores} cores, got {reprlib.repr(self.threads)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {reprlib.repr(self.seed)}")
+        threshold = self.bwcache_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+            raise ValueError(f"bwcache_threshold must be a number of at least 0, got {reprlib.repr(threshold)}")
 
     def _check_joint(self) -> None:
         if self.joint and self.mode != "serial" and self.executor == "distributed":
@@ -214,10 +271,14 @@ class Service:
 
     ``output_root``: where each request gets its own folder (default: ``cascade`` in the
     system's temp folder); ``ttl_s``: folders older than this are deleted when a new one is
-    made (None: kept); ``device``: "cpu", "cuda" or "auto" (CUDA when available).
+    made (None: kept); ``device``: "cpu", "cuda" or "auto" (CUDA when available); ``limits``:
+    the most one request may ask for (``Limits``: public bounds by default, ``UNLIMITED`` for a
+    caller on its own machine); ``tick_timeout_s``: a pool's run fails when no tick finishes
+    for this long (a worker hung).
     """
 
-    def __init__(self, output_root: str | Path | None = None, ttl_s: float | None = None, device: str = "auto"):
+    def __init__(self, output_root: str | Path | None = None, ttl_s: float | None = None, device: str = "auto",
+                 limits: Limits = Limits(), tick_timeout_s: float = TICK_TIMEOUT_S):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda"):
@@ -225,6 +286,8 @@ class Service:
         self.device = device
         self.output_root = Path(output_root) if output_root else Path(tempfile.gettempdir()) / "cascade"
         self.ttl_s = ttl_s
+        self.limits = limits
+        self.tick_timeout_s = tick_timeout_s
         self._models: dict[str, CascadeModel] = {}
         self._pools: dict[tuple, object] = {}
         self._turns = FifoLock()
@@ -237,9 +300,13 @@ class Service:
         self.close()
 
     def close(self) -> None:
-        """Stop every worker pool (waiting until its processes are gone); final."""
-        with self._turns.turn():
-            self._closed = True
+        """Stop every worker pool and wait until its processes are gone; final. A run still going
+        on a pool fails at once (its pool stops under it), so an application shutting down waits
+        for no run; a run on one device ends first."""
+        self._closed = True  # every turn from now on is refused
+        for pool in list(self._pools.values()):
+            pool.close()
+        with self._turns.turn():  # and any pool that a run in progress started meanwhile
             while self._pools:
                 self._pools.popitem()[1].close()
 
@@ -334,11 +401,24 @@ class Service:
 
     def _resolve(self, request: GenerateRequest) -> tuple[GenerateRequest, CascadeModel]:
         model = self._model(request.model)
-        return request.resolved(model), model
+        request = request.resolved(model)
+        self._check_limits(request)
+        return request, model
+
+    def _check_limits(self, request: GenerateRequest) -> None:
+        """Blocks and steps within ``limits`` (checked once the model's defaults are filled in)."""
+        for name in ("blocks", "steps"):
+            bound, value = getattr(self.limits, name), getattr(request, name)
+            if bound is not None and value > bound:
+                raise ValueError(f"{name} must be at most {bound} on this service, got {reprlib.repr(value)}")
 
     def _model(self, name: str | None) -> CascadeModel:
         name = name or default_model_name()
         if name not in self._models:
+            # load_model also takes a folder's path (the CLI's --model DIR): a public service
+            # must not load whatever a visitor points it at
+            if not self.limits.model_paths and name not in available_models():
+                raise ValueError(f"unknown model {reprlib.repr(name)}; available: {', '.join(available_models())}")
             self._models[name] = load_model(name, device=self._local_device())
         return self._models[name]
 
@@ -355,7 +435,7 @@ class Service:
         if key not in self._pools:
             self._pools[key] = DistributedExecutor(PresetLoader(request.model), workers=request.workers,
                                                    device=self.device, threads_per_worker=request.threads,
-                                                   kv_exchange=request.kv_exchange)
+                                                   kv_exchange=request.kv_exchange, tick_timeout_s=self.tick_timeout_s)
         return self._pools[key]
 
     def _run(self, request: GenerateRequest, model: CascadeModel, executor, progress, on_block) -> GenerateResult:

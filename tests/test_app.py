@@ -11,7 +11,6 @@ test saves its screenshot under pytest's tmp folder, and into the repository whe
 import math
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import httpx
@@ -21,18 +20,10 @@ import pytest
 import app
 from cascade.service import MAX_PROMPT_CHARS, GenerateRequest, Service
 from cascade.toy.data import COLOURS, MOTIONS, SHAPES, parse_prompt, training_vocabulary, words
+from demo_support import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SMALL = dict(blocks=3)  # API calls: short videos on the page's default backend
 BROWSER_PROMPT = "a shiny red ball rolling to the right"  # "shiny" and "rolling" are unknown words
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def choices(**changes) -> app.Choices:
                                workers=2, threads=1)
     return app.Choices(**{"defaults": defaults, "runnable": ("tiny-shapes", "random-tiny"),
                           "unavailable": (("self-forcing-1.3b", "a CUDA GPU and the Wan2.1 checkpoints"),),
-                          "max_workers": 2, **changes})
+                          "max_workers": 2, "max_blocks": 16, "max_steps": 32, **changes})
 
 
 def page_values(**changes) -> list:
@@ -219,22 +210,6 @@ def test_comparisons_take_turns_in_gradio_queue(served, client):
 
 
 # --- a real browser ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 VIDEOS_LOADED = """() => ['serial', 'cascade'].every(name => {

@@ -5,7 +5,10 @@ names no model), joins a torch.distributed group and runs ``RankExecutor`` (``ra
 every job it is sent. Runs are sent over a control queue (a small job description: prompt
 embedding, sampler, layout, seed, cache settings); the K/V exchange goes through
 torch.distributed or shared memory. A worker that dies or fails turns into a RuntimeError for
-the run within about a second, and the pool is started afresh for the next run. Workers are
+the run within about a second, and the pool is started afresh for the next run; so does a run
+whose workers report no tick for ``tick_timeout_s`` (a worker hung), a run broken off by the
+caller (Ctrl-C, an exception in its own callback) and a run in progress when the pool is
+closed. A worker that died between runs is replaced before the next one. Workers are
 forked from a forkserver that has imported torch, this module and the loader's module, so a pool
 restarts in a second or two instead of importing torch afresh in every worker as spawned
 processes would; the forkserver touches no device (CUDA is safe in its children) and lives as
@@ -27,6 +30,7 @@ import threading
 import time
 import traceback
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -39,7 +43,7 @@ from ..schedule import Schedule
 from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
 from .local import torch_threads
-from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor, refuse_joint
+from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_joint
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
@@ -133,7 +137,13 @@ def _exit_now(code: int, results) -> None:
 
 @dataclass
 class _Pool:
-    """One generation of workers; replaced as a whole after any failure."""
+    """One generation of workers; replaced as a whole after any failure.
+
+    Only ``DistributedExecutor._pool`` refers to one: no method keeps it (or its queues) in a
+    local, since a failure's traceback keeps the frames it passed through for as long as someone
+    holds the error, and a pool kept alive would keep its store's port open and its queues'
+    semaphores in /dev/shm.
+    """
 
     processes: list
     commands: list
@@ -152,6 +162,7 @@ class DistributedExecutor:
     (NCCL, worker i on ``cuda:i``). Runs are served one at a time, in the order they arrive.
     ``kv_exchange``: "auto" (shared memory for a CPU pool on x86-64, else broadcasts),
     "shared_memory" or "broadcast"; ``self.kv_exchange`` says which the workers use.
+    ``tick_timeout_s``: a run whose workers report no tick for this long fails (a worker hung).
     """
 
     name = "distributed"
@@ -165,6 +176,7 @@ class DistributedExecutor:
         collective_timeout_s: float = COLLECTIVE_TIMEOUT_S,
         start_timeout_s: float = START_TIMEOUT_S,
         kv_exchange: str = "auto",
+        tick_timeout_s: float = TICK_TIMEOUT_S,
     ):
         if kv_exchange not in KV_EXCHANGES:
             raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
@@ -185,6 +197,7 @@ class DistributedExecutor:
             self.threads = threads_per_worker
         self.collective_timeout_s = collective_timeout_s
         self.start_timeout_s = start_timeout_s
+        self.tick_timeout_s = tick_timeout_s
         self.requested_kv_exchange = kv_exchange
         self.kv_exchange: str | None = None  # what the workers chose, once started
         self._pool: _Pool | None = None
@@ -197,47 +210,62 @@ class DistributedExecutor:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers (if not running) and wait until each has loaded an identical replica."""
+        """Start the workers (if not running, or afresh if one died since the last run) and wait
+        until each has loaded an identical replica."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("this DistributedExecutor is closed")
+            if self._pool is not None and not all(p.is_alive() for p in self._pool.processes):
+                self._stop()  # a run needs the whole group: its survivors cannot take a new peer in
             if self._pool is None:
-                self._start()
+                with self._stopped_on_exception():
+                    self._start()
+
+    @contextmanager
+    def _stopped_on_exception(self):
+        """Whatever breaks off a start or a run (a failure, Ctrl-C, an exception in the caller's
+        own callback, ``close``) leaves the workers part-way through it: stop them, so that no
+        process outlives it and the next run starts afresh instead of meeting them mid-schedule."""
+        try:
+            yield
+        except BaseException:
+            self._stop()
+            raise
 
     def _start(self) -> None:
         context = mp.get_context("forkserver")
         context.set_forkserver_preload([__name__, type(self.loader).__module__])
-        store = dist.TCPStore("127.0.0.1", 0, self.workers, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=self.collective_timeout_s))
-        results = context.Queue()
-        commands = [context.Queue() for _ in range(self.workers)]
         backend = "nccl" if self.device == "cuda" else "gloo"
-        processes = []
+        # The pool exists before its first process does, so that a start broken off part-way stops
+        # the processes it started.
+        self._pool = _Pool([], [context.Queue() for _ in range(self.workers)], context.Queue(), fingerprint=[],
+                           store=dist.TCPStore("127.0.0.1", 0, self.workers, is_master=True, wait_for_workers=False,
+                                               timeout=timedelta(seconds=self.collective_timeout_s)))
         for rank in range(self.workers):
-            config = _WorkerConfig(rank, self.workers, store.port, backend, self._worker_device(rank),
+            config = _WorkerConfig(rank, self.workers, self._pool.store.port, backend, self._worker_device(rank),
                                    self.threads, self.loader, self.collective_timeout_s, self.requested_kv_exchange)
-            process = context.Process(target=_worker_main, args=(config, commands[rank], results),
+            process = context.Process(target=_worker_main, args=(config, self._pool.commands[rank], self._pool.results),
                                       name=f"cascade-worker-{rank}", daemon=True)
-            process.start()
-            processes.append(process)
-        self._pool = _Pool(processes, commands, results, store, fingerprint=[])
+            process.start()  # which drops its arguments: the process object holds no queue
+            self._pool.processes.append(process)
         fingerprints = {}
         deadline = time.monotonic() + self.start_timeout_s
         while len(fingerprints) < self.workers:
-            message = self._next_message(deadline, "start")
+            message = self._next_message(deadline, "start", f"no answer within {self.start_timeout_s:.0f} s")
             if message[0] == "ready":
                 _, rank, fingerprints[rank], self.kv_exchange = message
         for rank, fingerprint in fingerprints.items():
             if not same_fingerprint(fingerprint, fingerprints[0]):
-                self._stop()
                 raise RuntimeError(f"distributed worker {rank} loaded different weights than worker 0 "
                                    f"from {self.loader!r}: a loader must be deterministic")
         self._pool.fingerprint = fingerprints[0]
 
     def close(self) -> None:
-        """Stop the workers (politely, then by force) and wait until they are gone; final."""
+        """Stop the workers (politely, then by force) and wait until they are gone; final. A run
+        in progress in another thread fails at once (its workers are stopped under it) rather
+        than hold up an application that is shutting down."""
+        self._closed = True  # seen by a run in progress within POLL_S, before the lock is free
         with self._lock:
-            self._closed = True
             self._stop(polite=True)
 
     def __enter__(self) -> "DistributedExecutor":
@@ -250,8 +278,8 @@ class DistributedExecutor:
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._pool.processes] if self._pool else []
 
-    def _describe_worker(self, pool: _Pool, rank: int) -> str:
-        return f"worker {rank} (pid {pool.processes[rank].pid}, {self._worker_device(rank)})"
+    def _describe_worker(self, rank: int) -> str:
+        return f"worker {rank} (pid {self._pool.processes[rank].pid}, {self._worker_device(rank)})"
 
     def _worker_device(self, rank: int) -> str:
         return f"cuda:{rank}" if self.device == "cuda" else "cpu"
@@ -285,7 +313,8 @@ class DistributedExecutor:
         every block, in block order, as soon as its owner reports it final.
 
         Raises ValueError for a joint job or a model whose weights differ from the replicas,
-        RuntimeError naming the worker and the cause if a worker dies or fails.
+        RuntimeError naming the worker and the cause if a worker dies or fails, or if no tick
+        finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
         """
         refuse_joint(job)
         with self._lock:
@@ -293,15 +322,17 @@ class DistributedExecutor:
 
     def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
         self.start()
-        self._check_weights(job.transformer)
+        self._check_weights(job.transformer)  # a refused job leaves the pool as it was
+        with self._stopped_on_exception():
+            return self._run(job, schedule, progress, on_block)
+
+    def _run(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
         self._run_id += 1
         spec = dataclasses.replace(job, transformer=None, text=job.text.detach().cpu(), _text_on={})
         origin = time.perf_counter()
         # Plain pickle, once: torch's queue pickler would move the prompt tensor through a new
         # shared-memory segment for every worker, milliseconds on the clock of every run.
-        command = pickle.dumps((self._run_id, spec, schedule, origin))
-        for command_queue in self._pool.commands:
-            command_queue.put(command)
+        self._send(pickle.dumps((self._run_id, spec, schedule, origin)))
         blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
         # What this process does meanwhile (decoding the blocks handed on) runs on one thread: torch's
         # idle intra-op threads would spin on the cores the workers run on.
@@ -309,12 +340,17 @@ class DistributedExecutor:
             return self._serve_run(blocks, progress)
 
     def _serve_run(self, blocks: BlockHandOff, progress) -> ExecutionResult:
-        """Pass on the current run's progress and blocks until its result arrives."""
+        """Pass on the current run's progress and blocks until its result arrives, or until no
+        tick has finished for ``tick_timeout_s``."""
+        silence = f"no tick finished within {self.tick_timeout_s:g} s (tick_timeout_s): a worker hung"
+        deadline = time.monotonic() + self.tick_timeout_s
         while True:
-            message = self._next_message(None, f"run {self._run_id}")
+            message = self._next_message(deadline, f"run {self._run_id}", silence)
             kind, run_id = message[0], message[1]
             if run_id != self._run_id:
                 continue
+            # rank 0 reports every tick and owners every finished block: either shows the run moving
+            deadline = time.monotonic() + self.tick_timeout_s
             if kind == "progress" and progress is not None:
                 progress(message[2], message[3])
             elif kind == "block":
@@ -325,6 +361,11 @@ class DistributedExecutor:
                 blocks.flush(result.latents)
                 return result
 
+    def _send(self, command: bytes) -> None:
+        # a method of its own: the loop variable would keep a queue alive in _run's frame (see _Pool)
+        for command_queue in self._pool.commands:
+            command_queue.put(command)
+
     def _check_weights(self, transformer: torch.nn.Module) -> None:
         if transformer not in self._job_fingerprints:
             self._job_fingerprints[transformer] = weight_fingerprint(transformer)
@@ -332,45 +373,46 @@ class DistributedExecutor:
             raise ValueError(f"the job's model weights differ from the pool's replicas (loaded by "
                              f"{self.loader!r}): build the pool with the same model and dtype")
 
-    def _next_message(self, deadline: float | None, during: str):
+    def _next_message(self, deadline: float, during: str, silence: str):
         """The next message from the workers; a dead worker, a reported error or the deadline
-        tears the pool down and raises RuntimeError."""
-        pool = self._pool
+        (``silence`` says what passing it means) tears the pool down and raises RuntimeError, and
+        so does ``close`` from another thread."""
         while True:
+            if self._closed:
+                raise RuntimeError(f"the distributed pool was closed during {during}")
             try:
-                message = pool.results.get(timeout=POLL_S)
+                message = self._pool.results.get(timeout=POLL_S)
             except queue.Empty:
                 message = None
             if message is not None and message[0] == "error":
                 raise self._failure(during, [message])
-            if any(not p.is_alive() for p in pool.processes):
+            if any(not p.is_alive() for p in self._pool.processes):
                 raise self._failure(during, [])
             if message is not None:
                 return message
-            if deadline is not None and time.monotonic() > deadline:
-                raise self._failure(during, [], timed_out=True)
+            if time.monotonic() > deadline:
+                raise self._failure(during, [], silence=silence)
 
-    def _failure(self, during: str, errors: list, timed_out: bool = False) -> RuntimeError:
+    def _failure(self, during: str, errors: list, silence: str | None = None) -> RuntimeError:
         """Collect what went wrong on every worker, stop the pool, and describe it: dead workers
-        first (the cause), then the errors the others reported (often the consequence)."""
-        pool = self._pool
+        first (the cause), then the errors the others reported (often the consequence), then
+        ``silence`` (a deadline passed). The first line says it all; a worker's traceback
+        follows it for whoever wants the detail."""
         deadline = time.monotonic() + FAILURE_GRACE_S
         while time.monotonic() < deadline:
             try:
-                message = pool.results.get(timeout=POLL_S)
+                message = self._pool.results.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             if message[0] == "error":
                 errors.append(message)
         reported = {rank for _, rank, _, _ in errors}
-        lines = []
-        for rank, process in enumerate(pool.processes):
-            if not process.is_alive() and rank not in reported:
-                lines.append(f"{self._describe_worker(pool, rank)} died: {_describe_exit(process.exitcode)}")
-        for _, rank, summary, _ in errors:
-            lines.append(f"{self._describe_worker(pool, rank)} failed: {summary}")
-        if timed_out:
-            lines.append(f"no answer within {self.start_timeout_s:.0f} s")
+        lines = [f"{self._describe_worker(rank)} died: {_describe_exit(process.exitcode)}"
+                 for rank, process in enumerate(self._pool.processes)
+                 if not process.is_alive() and rank not in reported]
+        lines += [f"{self._describe_worker(rank)} failed: {summary}" for _, rank, summary, _ in errors]
+        if silence is not None:
+            lines.append(silence)
         self._stop()
         message = f"distributed pool failed during {during}: " + "; ".join(lines or ["a worker stopped"])
         if errors:

@@ -37,6 +37,10 @@ from .kv_exchange import (BroadcastExchange, SharedMemoryExchange, block_kv_shap
                           owner, owners_of, shared_memory_possible)
 
 COLLECTIVE_TIMEOUT_S = 300.0  # a worker stuck alive in a collective fails after this
+# How long a pool's parent waits for the next tick of a run before it calls a worker hung and
+# stops the pool. A tick is one forward per worker: well under a second for the bundled model,
+# seconds for Wan2.1 on a GPU; a pool's first run also builds its caches and communicators.
+TICK_TIMEOUT_S = 60.0
 KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..metrics import judge_segments
-from ..service import GenerateRequest, Service
+from ..service import UNLIMITED, GenerateRequest, Service
 from . import data
 from .analyzer import aggregate, judge
 
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} clips", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    with Service() as service:
+    with Service(limits=UNLIMITED) as service:  # the command line: the machine is its user's
         report = evaluate(service, request, args.prompts, args.seed, progress)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
