@@ -35,8 +35,9 @@ BACKEND = "backend"  # the one concurrency group every comparison queues in
 OUTPUT_TTL_S = 3600  # a request's folder (and Gradio's copies of its files) lives an hour
 CACHE_SWEEP_S = 600
 SEED_MAX = 2**31 - 1
-# Visitors waiting at most (Gradio's queue, beside the one running); the next is told the queue is
-# full instead of waiting behind everyone (bench_load: requests per minute at 1, 4 and 8 clients).
+# Visitors who may wait behind the one running (Gradio's queue); the next is told the queue is full.
+# At the defaults a 2-core CPU box serves about 24 comparisons a minute (benchmarks/bench_load.py),
+# so the last in line waits under a minute.
 QUEUE_SIZE = 16
 THRESHOLD_MAX = 1.0
 THUMB_MAX_SIDE = 128  # replay and preview tiles: small enough for any model's frames

@@ -109,6 +109,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_report(out: Path, name: str, report: dict, table: str) -> None:
+    """``name``.json (the figures) and ``name``.md (the table, also printed) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{name}.md").write_text(table)
+    print(table)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="comparisons after the first (default 5)")
@@ -128,11 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"serve_s": serve_s, "first": runs[0], "runs": runs,
               "steady": {key: summary(steady, key) for key in ("wall_s", "serial_latency_s", "cascade_latency_s",
                                                                "overhead_s")} if steady else {},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_app.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "bench_app.md").write_text(markdown(report))
-    print(markdown(report))
+              "machine": machine()}
+    write_report(args.out, "bench_app", report, markdown(report))
     return report
 
 

@@ -20,9 +20,6 @@ under ``--out``. No timing is asserted anywhere: run it alone on a quiet machine
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import threading
 import time
@@ -31,16 +28,12 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.bench_app import free_port, start_app, stop_app
+from benchmarks.bench_app import free_port, machine, start_app, stop_app, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 8)
 SAMPLE_S = 0.05
 MB = 2**20
-
-
-def examples() -> list[str]:
-    return json.loads((ROOT / "examples" / "prompts.json").read_text())["prompts"]
 
 
 def timed_request(client, prompt: str, seed: int) -> dict:
@@ -152,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         client = Client(url, verbose=False)
         defaults = timed_request(client, "a red circle moving right", seed=0)["settings"]  # waits for the warm-up
-        levels = [load_round(url, c, args.requests, examples()) for c in CONCURRENCY]
+        levels = [load_round(url, c, args.requests, app.load_examples()) for c in CONCURRENCY]
         sizes = [(defaults["blocks"], defaults["steps"]), (bounds.blocks, defaults["steps"]),
                  (bounds.blocks, bounds.steps)]
         memory = [peak_memory(process.pid, client, blocks, steps) for blocks, steps in sizes]
@@ -160,11 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         stop_app(process)
     report = {"levels": levels, "memory": memory, "queue_size": app.QUEUE_SIZE,
               "bounds": {"blocks": bounds.blocks, "steps": bounds.steps},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_load.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "bench_load.md").write_text(markdown(report))
-    print(markdown(report))
+              "machine": machine()}
+    write_report(args.out, "bench_load", report, markdown(report))
     return report
 
 
