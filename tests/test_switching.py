@@ -362,7 +362,8 @@ def test_held_out_switch_schedules_change_only_the_colour():
 
 
 def test_the_app_reads_the_schedule_field_and_marks_the_switches(service):
-    choices = app.Choices(defaults=SMALL, runnable=("random-tiny",), unavailable=(), max_workers=2)
+    choices = app.Choices(defaults=SMALL, runnable=("random-tiny",), unavailable=(), max_workers=2, max_blocks=16,
+                          max_steps=32)
     values = ["random-tiny", 4, 2, "batched", 2, 2, 1, "causal", True, False, 0.15, 0]
     request = app.make_request(choices, "ignored", *values, prompt_schedule="0: a red ball\n2: a blue ball")
     assert (request.prompt, request.prompt_schedule) == ("", ((0, "a red ball"), (2, "a blue ball")))
