@@ -22,7 +22,9 @@ of a forward takes its own decision. The precise rule, for a video block with T 
   in the first half of what remains and the last step is always computed;
 - recache items (step ``"recache"``), joint forwards (one row holding several video blocks at
   different steps) and rows without keys are always computed and keep no state;
-- a video block's state is dropped after its last step.
+- a video block's state is dropped after its last step;
+- a step never reuses features computed under another prompt (a prompt switch reaching a video
+  block in flight): it computes, and its indicator compares against the old prompt's features.
 
 **What is reused: outputs, not residuals.** A reused row returns the hidden states that left the
 last transformer block at its last computed step; the model's head still applies the new step's
@@ -123,6 +125,7 @@ class _VideoBlockCache:
     features: dict[int, torch.Tensor]  # indicator block -> its output [1, tokens, dim]
     output: torch.Tensor  # the last transformer block's output [1, tokens, dim]
     reuse_until: int  # steps after ``step`` up to this one reuse ``output``
+    text: object  # the prompt embedding ``output`` was computed under (the KV cache's text source)
 
 
 @dataclass
@@ -158,6 +161,7 @@ class BWCacheState(BaseState):
         self.compute_rows: list[int] | None = None  # None: every row computes
         self.compute_index: torch.Tensor | None = None
         self.hidden: dict[int, torch.Tensor] = {}  # indicator block -> its output in this forward
+        self.text: object = None  # the prompt embedding this forward runs under
 
     def reset(self, request: Hashable | None = None) -> None:
         """Forget everything, or only what belongs to ``request``."""
@@ -215,6 +219,8 @@ class BWCacheBlockHook(ModelHook):
         state = self.state
         keys = self.forward_state.row_keys or [None] * rows
         state._clear_forward()
+        cache = self.forward_state.kv_cache
+        state.text = cache.text_source if cache is not None else None
         state.rows = [self._row(key) for key in keys]
         if any(row.reuse for row in state.rows):
             state.compute_rows = [i for i, row in enumerate(state.rows) if not row.reuse]
@@ -232,7 +238,9 @@ class BWCacheBlockHook(ModelHook):
         if step == 0:
             self.state.video_blocks.pop(cache_key, None)
         cached = self.state.video_blocks.get(cache_key)
-        reuse = cached is not None and cached.step < step <= cached.reuse_until
+        # features computed under another prompt are not reused: after a switch, a block in
+        # flight takes the new prompt from its next step, as without the cache
+        reuse = cached is not None and cached.step < step <= cached.reuse_until and cached.text is self.state.text
         return _Row(request, cache_key, step, reuse)
 
     @contextmanager
@@ -287,7 +295,8 @@ class BWCacheBlockHook(ModelHook):
         if row.step == self.config.num_steps - 1:
             self.state.video_blocks.pop(row.key, None)
         else:
-            self.state.video_blocks[row.key] = _VideoBlockCache(row.step, features, output[i : i + 1], row.step + span)
+            self.state.video_blocks[row.key] = _VideoBlockCache(row.step, features, output[i : i + 1], row.step + span,
+                                                                self.state.text)
 
 
 def relative_l1(current: dict[int, torch.Tensor], previous: dict[int, torch.Tensor]) -> float:

@@ -176,6 +176,28 @@ def test_reused_rows_return_their_own_video_blocks_last_computed_output(transfor
         assert torch.equal(tokens.float(), spy.outputs[(request, block, source)].float())
 
 
+def test_a_prompt_switch_reaching_a_block_in_flight_is_computed_not_reused(transformer, text):
+    """Block 2 switches the prompt at the tick it starts, where block 0 runs step 2, which a forced
+    indicator reuses under one prompt: under the new prompt it is computed from it (as without
+    the cache), and the frames equal the batched run's."""
+    spy = spy_on_last_block(transformer)
+    apply_bw_cache(transformer, BWCacheConfig(8, threshold=FORCED))
+    schedule = SCHEDULES["cascade"](8)
+    switch_tick = schedule.ticks[schedule.switch_tick(2)]
+    assert WorkItem(0, 2) in switch_tick
+    run(transformer, text, schedule)
+    assert ("run", 0, 2) not in spy.keys
+    texts = torch.cat([text, torch.randn(1, 7, TINY["text_dim"], generator=torch.Generator().manual_seed(2))])
+    switched = {}
+    for batched in (False, True):
+        spy.keys.clear()
+        job = make_job(transformer, texts, schedule)
+        job.prompts = schedule.item_prompts([2])
+        switched[batched] = torch.cat(LocalExecutor(batched=batched).execute(job, schedule).latents, dim=2)
+        assert {("run", item.block, item.step) for item in switch_tick} <= set(spy.keys)
+    torch.testing.assert_close(switched[True], switched[False], rtol=0, atol=1e-5)
+
+
 def test_joint_forwards_are_always_computed(transformer, text):
     """A joint row holds several video blocks at different steps: it has no one state to reuse."""
     schedule = SCHEDULES["cascade"](8)

@@ -105,6 +105,46 @@ def test_blocks_through_cache_equal_block_causal_full_forward(models):
 
 
 @torch.no_grad()
+def test_one_text_per_frame_equals_one_text_per_row(models):
+    _, causal = models
+    x, text = torch.randn(2, 4, 6, 8, 8), torch.randn(2, 7, 24)
+    t = torch.tensor([812.0, 125.0])
+    per_frame = text[:, None].expand(-1, 6, -1, -1)
+    diff = (causal(x, t, per_frame).sample - causal(x, t, text).sample).abs().max().item()
+    assert diff <= 1e-5
+
+
+@torch.no_grad()
+def test_a_text_per_block_equals_each_block_run_through_the_cache_under_its_own_prompt(models):
+    """How training shows a prompt switch (one caption per block, one forward) against how
+    inference runs it (each block under its own prompt, earlier blocks' K/V as committed)."""
+    _, causal = models
+    x, t = torch.randn(1, 4, 9, 8, 8), torch.linspace(900, 100, 9)[None]
+    texts = [torch.randn(1, 7, 24) for _ in range(3)]
+    cache = causal.new_kv_cache(9, 8, 8)
+    blocks = []
+    for block, text in enumerate(texts):
+        frames = slice(block * FRAMES_PER_BLOCK, (block + 1) * FRAMES_PER_BLOCK)
+        blocks.append(causal(x[:, :, frames], t[:, frames], text, kv_cache=cache, start_frame=frames.start).sample)
+        cache.commit()
+    per_frame = torch.cat(texts).repeat_interleave(FRAMES_PER_BLOCK, dim=0)[None]
+    full = causal(x, t, per_frame, attention_mask=frame_mask(9, block_causal)).sample
+    assert (torch.cat(blocks, dim=2) - full).abs().max().item() <= 1e-5
+    one_prompt = causal(x, t, texts[0], attention_mask=frame_mask(9, block_causal)).sample
+    assert (full[:, :, :3] - one_prompt[:, :, :3]).abs().max().item() <= 1e-5
+    assert (full[:, :, 3:] - one_prompt[:, :, 3:]).abs().max().item() > 1e-3
+
+
+def test_a_text_per_frame_needs_a_cache_free_forward_and_one_text_per_frame(models):
+    _, causal = models
+    x, t = torch.randn(1, 4, 3, 8, 8), torch.tensor([1.0])
+    with pytest.raises(ValueError, match=r"a text per frame must be \[1, 3, L, D\].*with a kv_cache"):
+        causal(x, t, torch.randn(1, 3, 7, 24), kv_cache=causal.new_kv_cache(3, 8, 8))
+    with pytest.raises(ValueError, match=r"a text per frame must be \[1, 3, L, D\] in a cache-free forward, got \[1, 2, 7, 24\]"):
+        causal(x, t, torch.randn(1, 2, 7, 24))
+
+
+@torch.no_grad()
 def test_local_window_with_sink_equals_masked_full_forward(models):
     _, causal = models
     x, text = torch.randn(1, 4, 15, 8, 8), torch.randn(1, 7, 24)

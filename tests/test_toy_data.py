@@ -137,13 +137,60 @@ def test_eval_set_is_deterministic_balanced_and_held_out():
     assert len({i.seed for i in items}) == len(items)
 
 
-def test_batch_shapes_and_determinism():
-    frames, captions = data.batch(np.random.default_rng(9), 4, 6, size=32)
-    assert frames.shape == (4, 6, 32, 32, 3) and frames.dtype == np.uint8
-    assert len(captions) == 4 and all(isinstance(c, str) and c for c in captions)
-    again, captions_again = data.batch(np.random.default_rng(9), 4, 6, size=32)
+def test_training_clip_shapes_determinism_and_one_caption_per_block():
+    frames, captions = data.training_clip(np.random.default_rng(9), 2, size=32)
+    assert frames.shape == (6, 32, 32, 3) and frames.dtype == np.uint8
+    assert len(captions) == 2 and captions[0] == captions[1] and isinstance(captions[0], str) and captions[0]
+    again, captions_again = data.training_clip(np.random.default_rng(9), 2, size=32)
     np.testing.assert_array_equal(frames, again)
     assert captions == captions_again
+
+
+def _object_pixels(frames: np.ndarray) -> np.ndarray:
+    return (frames != frames[0, 0, 0]).any(axis=-1)  # the border is always background
+
+
+def test_a_switch_clip_changes_one_attribute_at_its_block_and_captions_each_block():
+    rng = np.random.default_rng(4)
+    changed = set()
+    for _ in range(150):
+        switch = int(rng.integers(1, 8))
+        frames, captions = data.training_clip(rng, 8, 3, switch_block=switch)
+        before, after = data.parse_prompt(captions[0]), data.parse_prompt(captions[-1])
+        assert captions[:switch] == [captions[0]] * switch and captions[switch:] == [captions[-1]] * (8 - switch)
+        differ = [name for name in ("colour", "shape", "motion") if getattr(before, name) != getattr(after, name)]
+        assert len(differ) == 1 and before.background == after.background, captions
+        changed.add(differ[0])
+        assert (after.colour, after.shape, after.motion) not in data.HELD_OUT_COMBOS
+        is_object = _object_pixels(frames)
+        assert is_object.sum(axis=(1, 2)).min() >= 40 and not is_object[:, :2].any() and not is_object[:, -2:].any()
+        for frame, colour in ((switch - 1) * 3 + 2, before.colour), (switch * 3, after.colour):
+            assert (frames[frame][is_object[frame]] == data.COLOURS[colour]).all()
+    assert changed == {"colour", "shape", "motion"}
+
+
+def test_every_motion_can_start_from_where_another_left_the_object():
+    """Each new motion begins exactly at the object's position (no jump), inside the frame."""
+    rng = np.random.default_rng(5)
+    for spec in _specs("train", 60, seed=6):
+        after = data.switched_spec(rng, spec, 9)
+        np.testing.assert_allclose(data.centre_path(after, 1)[0], data.centre_path(spec, 10)[9], atol=1e-6)
+        now = data.spec_at_frame(spec, 9)
+        np.testing.assert_allclose(data.centre_path(now, 1)[0], data.centre_path(spec, 10)[9], atol=1e-9)
+        x, y = data.centre_path(now, 1)[0]
+        for motion in data.MOTIONS:
+            moved = data._moving_from(rng, now, motion, float(x), float(y))
+            if moved is None:
+                assert motion == "circling"
+                continue
+            np.testing.assert_allclose(data.centre_path(moved, 1)[0], (x, y), atol=1e-6)
+            inner = _object_pixels(data.render_clip(moved, 24))
+            assert inner.sum(axis=(1, 2)).min() >= 40 and not inner[:, :, :2].any() and not inner[:, :, -2:].any()
+
+
+def test_a_switch_outside_the_clip_is_an_error():
+    with pytest.raises(ValueError, match="switch_block must be inside the clip's 4 blocks, not at 4"):
+        data.training_clip(np.random.default_rng(0), 4, switch_block=4)
 
 
 def test_invalid_values_are_rejected():

@@ -66,6 +66,15 @@ def test_clips_are_a_pure_function_of_the_step():
     assert (a == b).all() and captions_a == captions_b
     assert not (a == c).all()
     assert a.shape == (3, config.clip_blocks * 3, 64, 64, 3)
+    assert all(len(clip) == config.clip_blocks and len(set(clip)) == 1 for clip in captions_a)
+
+
+def test_switch_share_gives_crops_that_switch_prompt_inside_the_crop():
+    config = TrainConfig(batch_size=64, switch_share=0.5)
+    _, captions = training_clips(config, 3)
+    switched = [clip for clip in captions if len(set(clip)) > 1]
+    assert 16 <= len(switched) <= 48
+    assert all(len(set(clip)) == 2 and clip[0] != clip[-1] for clip in switched)
 
 
 def test_time_budget_stops_saves_and_exports(tmp_path):

@@ -88,12 +88,15 @@ class CausalWanAttnProcessor:
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if attn.is_cross_attention:
-            query, key, value = self._cross_qkv(attn, hidden_states, encoder_hidden_states)
-            mask = None
+        if attn.is_cross_attention and encoder_hidden_states.ndim == 4:
+            query, out = self._cross_per_frame(attn, hidden_states, encoder_hidden_states)
         else:
-            query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
-        out = dispatch_attention_fn(query, key, value, attn_mask=mask)
+            if attn.is_cross_attention:
+                query, key, value = self._cross_qkv(attn, hidden_states, encoder_hidden_states)
+                mask = None
+            else:
+                query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
+            out = dispatch_attention_fn(query, key, value, attn_mask=mask)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -139,6 +142,17 @@ class CausalWanAttnProcessor:
         if key.shape[0] != rows:
             key, value = key.expand(rows, -1, -1, -1), value.expand(rows, -1, -1, -1)
         return query, key, value
+
+    def _cross_per_frame(self, attn, hidden_states, context):
+        """Cross-attention where each latent frame reads its own text (context [B, F, L, D]):
+        the frames' queries become rows of their own, so each sees only its frame's prompt,
+        exactly as if every frame had been run under its prompt alone."""
+        rows, frames = context.shape[:2]
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(context)).unflatten(-1, (attn.heads, -1))
+        value = attn.to_v(context).unflatten(-1, (attn.heads, -1))
+        out = dispatch_attention_fn(query.unflatten(1, (frames, -1)).flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
+        return query, out.unflatten(0, (rows, frames)).flatten(1, 2)
 
 
 class CausalWanTransformer(WanTransformer3DModel):
@@ -212,7 +226,10 @@ class CausalWanTransformer(WanTransformer3DModel):
     ):
         """Denoise ``hidden_states`` [B, C, F, H, W] whose first latent frame is ``start_frame``.
 
-        ``timestep``: [B] (one per row) or [B, F] (one per latent frame). With ``kv_cache`` the
+        ``timestep``: [B] (one per row) or [B, F] (one per latent frame).
+        ``encoder_hidden_states``: [B, L, D], one text per row, or [B, F, L, D], one per latent
+        frame (cache-free forwards only: how training shows a clip whose prompt switches at a
+        block its own caption per block). With ``kv_cache`` the
         rows attend to the committed K/V of earlier frames and stage their own; without it,
         attention is full over the given frames, restricted by ``attention_mask`` if given
         (bool, broadcastable to [B, heads, tokens, tokens], True = may attend).
@@ -226,6 +243,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         start_frames = self._start_frames(start_frame, rows)
         if kv_cache is not None and attention_mask is not None:
             raise ValueError("attention_mask is for cache-free forwards; the cache builds its own")
+        if encoder_hidden_states.ndim == 4 and (kv_cache is not None or encoder_hidden_states.shape[:2] != (rows, frames)):
+            raise ValueError(f"a text per frame must be [{rows}, {frames}, L, D] in a cache-free forward, "
+                             f"got {list(encoder_hidden_states.shape)}" + (" with a kv_cache" if kv_cache is not None else ""))
 
         rotary_emb = self._rope(start_frames, frames, grid_h, grid_w, hidden_states.device)
         tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()

@@ -407,13 +407,69 @@ def switch_eval_set(n: int, switch_block: int, seed: int = 0) -> list[SwitchEval
     return items
 
 
-def batch(rng: np.random.Generator, batch_size: int, num_frames: int,
-          size: int = 64) -> tuple[np.ndarray, list[str]]:
-    """A training batch: frames uint8 [B, T, size, size, 3] and one caption per clip."""
-    specs = [sample_spec(rng, "train") for _ in range(batch_size)]
-    captions = [sample_caption(rng, spec, "train") for spec in specs]
-    frames = np.stack([render_clip(spec, num_frames, size) for spec in specs])
-    return frames, captions
+def training_clip(rng: np.random.Generator, blocks: int, frames_per_block: int = 3, size: int = 64,
+                  switch_block: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """A training clip of ``blocks`` blocks, uint8 [T, size, size, 3], and one caption per block.
+
+    With ``switch_block`` the object changes colour, shape or motion at that block (to another
+    training combination, from where it is) and the blocks from there on carry the new caption,
+    in the same phrasing with fresh synonyms, as a user edits a prompt."""
+    num_frames = blocks * frames_per_block
+    spec = sample_spec(rng, "train")
+    phrasing = TRAIN_PHRASINGS[int(rng.integers(len(TRAIN_PHRASINGS)))]
+    before = caption(spec, phrasing, rng)
+    if switch_block is None:
+        return render_clip(spec, num_frames, size), [before] * blocks
+    if not 0 < switch_block < blocks:
+        raise ValueError(f"switch_block must be inside the clip's {blocks} blocks, not at {switch_block}")
+    switch_frame = switch_block * frames_per_block
+    after = switched_spec(rng, spec, switch_frame)
+    frames = np.concatenate([render_clip(spec, switch_frame, size), render_clip(after, num_frames - switch_frame, size)])
+    return frames, [before] * switch_block + [caption(after, phrasing, rng)] * (blocks - switch_block)
+
+
+def spec_at_frame(spec: ClipSpec, frame: int) -> ClipSpec:
+    """``spec`` as seen from ``frame`` on: the same clip, its frame ``frame`` as frame 0."""
+    if spec.motion == "bouncing":
+        return replace(spec, phase=(spec.phase + frame / BOUNCE_PERIOD) % 1.0)
+    if spec.motion == "circling":
+        return replace(spec, phase=(spec.phase + frame / CIRCLE_PERIOD) % 1.0)
+    x, y = centre_path(spec, frame + 1)[frame]
+    return replace(spec, x0=float(x), y0=float(y))
+
+
+def switched_spec(rng: np.random.Generator, spec: ClipSpec, frame: int) -> ClipSpec:
+    """What ``spec`` turns into at ``frame``: another colour, shape or motion, a training
+    combination, starting where the object is then (frame 0 of the result is that frame)."""
+    now = spec_at_frame(spec, frame)
+    x, y = centre_path(now, 1)[0]
+    options = [replace(now, colour=c) for c in COLOURS if c != spec.colour]
+    options += [replace(now, shape=s) for s in SHAPES if s != spec.shape]
+    options += [moved for m in MOTIONS if m != spec.motion
+                if (moved := _moving_from(rng, now, m, float(x), float(y))) is not None]
+    options = [o for o in options if (o.colour, o.shape, o.motion) not in HELD_OUT_COMBOS]
+    return options[int(rng.integers(len(options)))]
+
+
+def _moving_from(rng: np.random.Generator, spec: ClipSpec, motion: str, x: float, y: float) -> ClipSpec | None:
+    """``spec`` starting ``motion`` at (x, y), inside the frame; None where it cannot (an orbit
+    through a point near a corner)."""
+    lo = spec.size_px / 2.0 + MARGIN_PX
+    hi = REFERENCE_SIZE - lo
+    if motion == "bouncing":  # (x, y) is somewhere on the way up, the floor and the top inside
+        amplitude = _uniform(rng, *BOUNCE_HEIGHT_PX)
+        height = _uniform(rng, max(0.0, amplitude - (y - lo)), min(amplitude, hi - y))
+        return replace(spec, motion=motion, x0=x, y0=y + height, amplitude=amplitude,
+                       phase=float(np.arcsin(height / amplitude) / np.pi))
+    if motion == "circling":  # the orbit's centre towards the middle of the frame
+        amplitude = _uniform(rng, *CIRCLE_RADIUS_PX)
+        angle = float(np.arctan2(y - REFERENCE_SIZE / 2, x - REFERENCE_SIZE / 2))
+        cx, cy = x - amplitude * np.cos(angle), y - amplitude * np.sin(angle)
+        if not all(lo + amplitude <= c <= hi - amplitude for c in (cx, cy)):
+            return None
+        return replace(spec, motion=motion, x0=float(cx), y0=float(cy), amplitude=amplitude,
+                       phase=angle / (2 * np.pi) % 1.0)
+    return replace(spec, motion=motion, x0=x, y0=y, phase=0.0, amplitude=0.0)
 
 
 # ----------------------------------------------------------------------------- parsing

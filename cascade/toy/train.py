@@ -74,6 +74,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema: float = 0.995
     clean_share: float = 0.25
+    # Crops whose prompt switches at one of their blocks (each block under its own caption):
+    # what an interactive prompt change shows the model at inference.
+    switch_share: float = 0.0
     shift: float = 5.0
     inference_timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     text_dim: int = 128
@@ -132,23 +135,29 @@ class NoiseLevels:
         return torch.where(clean, torch.zeros_like(sigmas), sigmas)
 
 
-def training_clips(config: TrainConfig, step: int) -> tuple[np.ndarray, list[str]]:
-    """The clips of training step ``step``: uint8 crops [B, T, H, W, 3] and their captions.
+def training_clips(config: TrainConfig, step: int) -> tuple[np.ndarray, list[list[str]]]:
+    """The clips of training step ``step``: uint8 crops [B, T, H, W, 3] and each crop's caption
+    per block; a ``switch_share`` of the crops switch prompt at one of their blocks.
 
     A pure function of (config, step), so loader processes can render it ahead of time."""
     rng = np.random.default_rng(step_seed(config.seed, step, 0))
-    frames, captions = data.batch(rng, config.batch_size, config.render_blocks * FRAMES_PER_BLOCK, SIZE)
-    first = rng.integers(0, config.render_blocks - config.clip_blocks + 1, size=config.batch_size) * FRAMES_PER_BLOCK
-    clip_frames = config.clip_blocks * FRAMES_PER_BLOCK
-    return np.stack([clip[f : f + clip_frames] for clip, f in zip(frames, first)]), captions
+    clips, captions = [], []
+    for _ in range(config.batch_size):
+        first = int(rng.integers(0, config.render_blocks - config.clip_blocks + 1))
+        switch = first + int(rng.integers(1, config.clip_blocks)) if rng.random() < config.switch_share else None
+        frames, block_captions = data.training_clip(rng, config.render_blocks, FRAMES_PER_BLOCK, SIZE, switch)
+        clips.append(frames[first * FRAMES_PER_BLOCK : (first + config.clip_blocks) * FRAMES_PER_BLOCK])
+        captions.append(block_captions[first : first + config.clip_blocks])
+    return np.stack(clips), captions
 
 
 def loss_on_batch(transformer, text_encoder, levels, config, clips, captions, step, mask):
     device = mask.device
     x0 = to_latents(clips, device)
     batch, blocks = x0.shape[0], config.clip_blocks
-    tokens = text_encoder.tokenizer.encode(captions)
+    tokens = text_encoder.tokenizer.encode([text for clip in captions for text in clip])
     context = text_encoder.encoder(tokens.ids.to(device), tokens.mask.to(device))
+    context = context.unflatten(0, (batch, blocks)).repeat_interleave(FRAMES_PER_BLOCK, dim=1)  # a text per frame
     sigmas = levels.draw(torch.Generator().manual_seed(step_seed(config.seed, step, 1)), batch, blocks).to(device)
     sigma_frames = sigmas.repeat_interleave(FRAMES_PER_BLOCK, dim=1)
     noise = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(step_seed(config.seed, step, 2)),
@@ -251,6 +260,7 @@ class Trainer:
             "world": "shapes",
             "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
                          "clip_blocks": c.clip_blocks, "lr": c.lr, "ema": c.ema, "clean_share": c.clean_share,
+                         "switch_share": c.switch_share,
                          "device": _device_name(self.device)},
         }
         save_folder(folder, self.ema_transformer, TextEncoder(self.text.tokenizer, self.ema_encoder), info)
