@@ -60,36 +60,38 @@ class DenoiseJob:
     bwcache: BWCacheConfig | None = None
     prompts: dict[WorkItem, int] = field(default_factory=dict)
     _text_on: dict = field(default_factory=dict, repr=False)
-    # the latest new_cache, for the session's report; not an init field, so a replaced (pickled) job has none
-    _cache: KVCache | None = field(default=None, init=False, repr=False, compare=False)
 
     @contextmanager
-    def session(self):
+    def session(self, cache: KVCache):
         """What a run needs on its transformer: BWCache's hooks, applied for the run and removed
         after. Yields a dict that holds what the run did once it ends: ``cross_attention_builds``
-        (how often this worker built its cross-attention cache: once per prompt it ran items
-        under) and, with the cache, ``bwcache``. Executors enter it once per run on each
-        transformer they use."""
+        (how often this worker built its cross-attention cache in ``cache``, the run's KV cache:
+        once per prompt it ran items under) and, with BWCache, ``bwcache``. Executors enter it
+        once per run on each transformer they use."""
         report: dict = {}
-        if self.bwcache is not None:
-            apply_bw_cache(self.transformer, self.bwcache)
-        try:
+        with self._bw_cache(report):
             yield report
-            report["cross_attention_builds"] = self._cache.text_builds if self._cache is not None else 0
-            if self.bwcache is not None:
-                report["bwcache"] = bw_cache_stats(self.transformer, self.request_id)
+            report["cross_attention_builds"] = cache.text_builds
+
+    @contextmanager
+    def _bw_cache(self, report: dict):
+        if self.bwcache is None:
+            yield
+            return
+        apply_bw_cache(self.transformer, self.bwcache)
+        try:
+            yield
+            report["bwcache"] = bw_cache_stats(self.transformer, self.request_id)
         finally:
-            if self.bwcache is not None:
-                remove_bw_cache(self.transformer)
+            remove_bw_cache(self.transformer)
 
     def new_cache(self, device, reuse: KVCache | None = None) -> KVCache:
         """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits."""
         lay = self.layout
-        self._cache = self.transformer.new_kv_cache(
+        return self.transformer.new_kv_cache(
             self.num_blocks * lay.frames_per_block, lay.height, lay.width,
             local_window=self.local_window, sink_frames=self.sink_frames, device=device, reuse=reuse,
         )
-        return self._cache
 
     def initial_latent(self, block: int, device) -> torch.Tensor:
         return item_noise(self.seed, block, 0, self.layout.block_shape(), device=device, dtype=self._dtype())

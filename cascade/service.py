@@ -248,6 +248,7 @@ class FifoLock:
         self._changed = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._done: set[int] = set()  # tickets done with before their turn (their waiter gave up)
 
     @contextmanager
     def turn(self):
@@ -256,14 +257,26 @@ class FifoLock:
         with self._changed:
             ticket = self._next_ticket
             self._next_ticket += 1
-            while ticket != self._serving:
-                self._changed.wait()
+            try:
+                while ticket != self._serving:
+                    self._changed.wait()
+            except BaseException:  # interrupted while waiting (Ctrl-C): the turn must not stop here
+                self._pass(ticket)
+                raise
         try:
             yield time.perf_counter() - arrived
         finally:
             with self._changed:
-                self._serving += 1
-                self._changed.notify_all()
+                self._pass(ticket)
+
+    def _pass(self, ticket: int) -> None:
+        """``ticket`` is done with (served, or given up): the turn moves past it and past the
+        tickets given up before it came to them. Called with the condition held."""
+        self._done.add(ticket)
+        while self._serving in self._done:
+            self._done.remove(self._serving)
+            self._serving += 1
+        self._changed.notify_all()
 
 
 class Service:

@@ -1,6 +1,7 @@
 """cascade.service.Service: one door, shared by concurrent callers, cleaned up on close."""
 
 import os
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -70,6 +71,48 @@ def test_waiters_get_their_turn_in_the_order_they_arrived():
         t.join(timeout=5)
     assert order == [0, 1, 2, 3]
     assert all(waits[i] > 0 for i in order)
+
+
+def test_a_waiter_interrupted_in_the_queue_does_not_stop_the_turns_after_it():
+    """Ctrl-C in a thread waiting its turn gives the turn up; the waiter behind it still gets one."""
+    lock = FifoLock()
+    release, holding, served = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        with lock.turn():
+            holding.set()
+            release.wait(5)
+
+    def after_the_interrupted():
+        while lock._next_ticket < 2:  # the main thread has taken its ticket
+            time.sleep(0.01)
+        with lock.turn():
+            served.set()
+
+    def interrupt(signum, frame):
+        if lock._next_ticket < 3:  # both waiters are in the queue
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise KeyboardInterrupt
+
+    holder = threading.Thread(target=hold, daemon=True)
+    behind = threading.Thread(target=after_the_interrupted, daemon=True)  # never left blocking the exit
+    holder.start()
+    holding.wait(5)
+    behind.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt), lock.turn():
+            pytest.fail("the interrupted waiter got a turn")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    release.set()
+    assert served.wait(5)
+    holder.join(5), behind.join(5)
+    with lock.turn() as waited:  # and the lock is free afterwards
+        assert waited < 1
 
 
 @pytest.mark.parametrize("mode", ["serial", "cascade"])

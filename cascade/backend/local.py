@@ -43,13 +43,14 @@ class LocalExecutor:
 
     def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None) -> ExecutionResult:
         """Run every item of ``schedule``; ``on_block`` gets each block as soon as it is final."""
-        with torch_threads(self.threads), job.session() as report:
-            result = self._execute(job, schedule, progress, on_block)
+        with torch_threads(self.threads):
+            cache = job.new_cache(self.device)
+            with job.session(cache) as report:
+                result = self._execute(job, schedule, cache, progress, on_block)
         result.session_reports = [report]
         return result
 
-    def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
-        cache = job.new_cache(self.device)
+    def _execute(self, job, schedule: Schedule, cache, progress, on_block) -> ExecutionResult:
         current = {}
         timeline: list[TimelineEntry] = []
         calls = 0

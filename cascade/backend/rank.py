@@ -106,7 +106,7 @@ class RankExecutor:
         # faults, on the run's clock since the pool's clock starts in the parent.
         cache = self._cache = job.new_cache(self.device, reuse=self._cache)
         exchange = self._exchange_for(cache, schedule, cache.num_frames // job.num_blocks)
-        with job.session() as report:
+        with job.session(cache) as report:
             dist.barrier(group=self._cpu_group)
             origin = time.perf_counter() if clock_origin is None else clock_origin
             mine = self._run_ticks(job, schedule, cache, exchange, lambda: time.perf_counter() - origin,
