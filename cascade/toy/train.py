@@ -11,6 +11,11 @@ Recipe (why, in short):
 - Clips are block-aligned crops of longer renders, so a block's context may start mid-motion, as
   it does at inference under the local window (``local_window = clip_blocks * 3`` frames: no
   block ever sees more context than training showed it).
+- Prompt switches (``--switch-share``): that share of the crops changes the object's colour,
+  shape or motion at one of its blocks, from where the object is, and each block is conditioned
+  on its own caption (one text per latent frame in the same block-causal forward; exactly what
+  inference computes when each block runs under its own prompt). Earlier blocks keep their
+  caption, as in a cascade, where blocks before a switch were denoised under the old prompt.
 - Plain MSE on x0. Weighing the object pixels (~3% of a frame) 10× was
   tried from step 1,000: it biases the optimal prediction towards the object's colour wherever
   the position is uncertain, and 300 steps later frames were flooded with the prompt's colour,
