@@ -19,7 +19,6 @@ transition) against the new prompt, on ``--schedules`` held-out switch schedules
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,12 +29,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.output import write_report
-from cascade.model.presets import MODEL_CONFIG_FILE, WEIGHTS_ROOT
 from cascade.service import GenerateRequest, Service
 from cascade.toy.evaluate import evaluate_switches
 
 MODEL, BLOCKS, SWITCH_BLOCK = "tiny-shapes", 8, 4
-PREVIOUS = Path(__file__).resolve().parent / "results" / "previous_model" / "bench_switch.json"
 RUNS = ("serial", "cascade")
 PAIRS = (
     ("a red circle moving right", "a blue circle moving right"),
@@ -105,22 +102,7 @@ def _cell(score: dict) -> str:
     return "–" if score["mean"] is None else f"{score['mean']:.1%} [{score['low']:.1%}, {score['high']:.1%}]"
 
 
-def training(folder: Path) -> dict:
-    """The training record of the model folder ``folder`` (its model.json)."""
-    return json.loads((folder / MODEL_CONFIG_FILE).read_text())["training"]
-
-
-def _trained_on_switches(record: dict) -> str:
-    share = record.get("switch_share", 0.0)
-    if not share:
-        return f"The bundled model (step {record['steps']:,}) was never trained on switches."
-    return (f"The bundled model (step {record['steps']:,}) was fine-tuned with {share:.0%} of its clips switching "
-            "prompt at a block, each block under its own caption.")
-
-
-def markdown(report: dict, previous: dict | None = None) -> str:
-    """The tables; ``previous``: the same benchmark's report on the model before, with its
-    ``model_training``, whose analyzer rows are shown below the current ones."""
+def markdown(report: dict) -> str:
     t, q = report["summary"], report["quality"]
     s = report["settings"]
     lines = [
@@ -144,24 +126,17 @@ def markdown(report: dict, previous: dict | None = None) -> str:
                   f"below serial's: **{'yes' if t['cascade_switch_latency_below_serial'] else 'no'}**.", "",
               f"Analyzer on {q['serial']['schedules']} held-out switch schedules (an eval prompt whose colour changes "
               f"at block {SWITCH_BLOCK}; scored before the switch on blocks 0–{SWITCH_BLOCK - 1}, after it on blocks "
-              f"{SWITCH_BLOCK + 1}–{BLOCKS - 1}, block {SWITCH_BLOCK} left out as the transition). "
-              f"{_trained_on_switches(report['model_training'])}"
-              + ("" if previous is None else f" Below its rows, the model it was fine-tuned from "
-                                             f"(step {previous['model_training']['steps']:,})."), "",
-              "| model steps | run | colour before | colour after | shape after | motion after | one object after |",
-              "|---|---|---|---|---|---|---|"]
-    for source in (report, previous) if previous is not None else (report,):
-        lines += [_quality_row(source, name) for name in RUNS]
+              f"{SWITCH_BLOCK + 1}–{BLOCKS - 1}, block {SWITCH_BLOCK} left out as the transition). The bundled model "
+              "was never trained on switches (issue 14, point 3).", "",
+              "| run | colour before | colour after | shape after | motion after | one object after |",
+              "|---|---|---|---|---|---|"]
+    for name in RUNS:
+        before, after = q[name]["summary"]["before"], q[name]["summary"]["after"]
+        label = name if name == "serial" else f"{name} W{q[name]['window']} s{q[name]['stride']}"
+        lines.append(f"| {label} | {_cell(before['colour'])} | "
+                     f"{_cell(after['colour'])} | {_cell(after['shape'])} | {_cell(after['motion'])} | "
+                     f"{_cell(after['one_object'])} |")
     return "\n".join(lines + [""])
-
-
-def _quality_row(report: dict, name: str) -> str:
-    q = report["quality"][name]
-    before, after = q["summary"]["before"], q["summary"]["after"]
-    label = name if name == "serial" else f"{name} W{q['window']} s{q['stride']}"
-    return (f"| {report['model_training']['steps']:,} | {label} | {_cell(before['colour'])} | "
-            f"{_cell(after['colour'])} | {_cell(after['shape'])} | {_cell(after['motion'])} | "
-            f"{_cell(after['one_object'])} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=3, help="seeds per prompt pair")
     parser.add_argument("--schedules", type=int, default=32, help="held-out switch schedules for the analyzer")
-    parser.add_argument("--previous", type=Path, default=PREVIOUS,
-                        help="this benchmark's report on the model before its latest fine-tune, shown beside")
     args = parser.parse_args(argv)
     with Service() as service:
         request, rows = timing(service, args.runs)
@@ -178,10 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"steps": request.steps, "window": request.window, "stride": request.stride,
                 "executor": rows[-1]["executor"], "workers": rows[-1]["workers"], "cores": os.cpu_count(),
                 "torch_threads": torch.get_num_threads()}
-    report = {"settings": settings, "runs": args.runs, "summary": summary(rows), "rows": rows, "quality": qualities,
-              "model_training": training(WEIGHTS_ROOT / MODEL)}
-    previous = json.loads(args.previous.read_text()) if args.previous.exists() else None
-    write_report(args.json, report, markdown(report, previous))
+    report = {"settings": settings, "runs": args.runs, "summary": summary(rows), "rows": rows, "quality": qualities}
+    write_report(args.json, report, markdown(report))
     return 0
 
 

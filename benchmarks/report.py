@@ -1,7 +1,6 @@
 """Assemble BENCHMARKS.md from what the benchmark scripts wrote to benchmarks/results/.
 
     python -m cascade eval --prompts 96 --json benchmarks/results/eval_serial.json
-    (results/previous_model: the same files from the bundled model before its latest fine-tune)
     python -m cascade eval --mode cascade --window 4 --stride 1 --prompts 96 --json benchmarks/results/eval_cascade.json
     python -m cascade eval --steps 16 --prompts 96 --json benchmarks/results/eval_serial_16steps.json
     python -m cascade eval --steps 16 --bwcache --bwcache-threshold 0.3 --prompts 96 \
@@ -28,8 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-PREVIOUS = RESULTS / "previous_model"  # the evals of the bundled model before its latest fine-tune
-WEIGHTS = ROOT / "cascade" / "weights" / "tiny-shapes"
 SECTIONS = ("cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "bench_cache.md", "bench_switch.md")
 
 HEADER = """# Benchmarks
@@ -52,41 +49,28 @@ def _cache(report: dict) -> str:
     return "–" if threshold is None else f"BWCache δ={threshold:g}"
 
 
-def training_steps(folder: Path) -> str:
-    """The training steps of the model whose model.json is in ``folder``, for a table."""
-    return f"{json.loads((folder / 'model.json').read_text())['training']['steps']:,}"
-
-
 def eval_section() -> str | None:
-    """The analyzer's scores of every eval_*.json, one row each, each followed by the same eval of
-    the previous bundled model (``results/previous_model``) where that was measured."""
-    names = sorted({p.name for folder in (RESULTS, PREVIOUS) for p in folder.glob("eval_*.json")})
-    if not names:
+    """The analyzer's scores of every eval_*.json, one row each."""
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("eval_*.json"))]
+    if not reports:
         return None
-    now, before = training_steps(WEIGHTS), training_steps(PREVIOUS)
     lines = [
         "## tiny-shapes quality on held-out prompts (`python -m cascade eval`)",
         "",
         "Means with 95% intervals (Wilson for accuracies). Bars of issue 3: colour ≥ 90%, shape ≥ 75%, "
-        f"motion ≥ 80%, one object ≥ 95%. Each eval of the bundled model (step {now}) is followed by the same "
-        f"eval of the model it was fine-tuned from (step {before}, `benchmarks/results/previous_model`).",
+        "motion ≥ 80%, one object ≥ 95%.",
         "",
-        "| model | steps trained | mode | window | stride | blocks | steps | cache | clips | colour | shape | motion | one object | flicker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | window | stride | blocks | steps | cache | clips | colour | shape | motion | one object | flicker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in names:
-        lines += [_eval_row(json.loads((folder / name).read_text()), steps)
-                  for folder, steps in ((RESULTS, now), (PREVIOUS, before)) if (folder / name).exists()]
+    for r in reports:
+        s = r["summary"]
+        flicker = s.get("flicker", {}).get("mean")
+        lines.append(f"| {r['model']} | {r['mode']}{' joint' if r.get('joint') else ''} | {r['window']} | "
+                     f"{r['stride']} | {r['blocks']} | {r['steps']} | {_cache(r)} | {r['prompts']} | {_cell(s, 'colour')} | "
+                     f"{_cell(s, 'shape')} | {_cell(s, 'motion')} | {_cell(s, 'one_object')} | "
+                     f"{'–' if flicker is None else f'{flicker:.3f}'} |")
     return "\n".join(lines) + "\n"
-
-
-def _eval_row(r: dict, steps: str) -> str:
-    s = r["summary"]
-    flicker = s.get("flicker", {}).get("mean")
-    return (f"| {r['model']} | {steps} | {r['mode']}{' joint' if r.get('joint') else ''} | {r['window']} | "
-            f"{r['stride']} | {r['blocks']} | {r['steps']} | {_cache(r)} | {r['prompts']} | {_cell(s, 'colour')} | "
-            f"{_cell(s, 'shape')} | {_cell(s, 'motion')} | {_cell(s, 'one_object')} | "
-            f"{'–' if flicker is None else f'{flicker:.3f}'} |")
 
 
 def main() -> int:

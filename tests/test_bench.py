@@ -1,11 +1,9 @@
-"""cascade.bench's timing rounds, with the runs faked (timings are never asserted), and the report."""
+"""cascade.bench's timing rounds, with the runs faked (timings are never asserted)."""
 
-import json
 from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import report
 from cascade import bench
 from cascade.service import GenerateRequest
 
@@ -95,26 +93,3 @@ def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the
     }
     assert picked["paper_same_forwards"]["share_of_bound"] == pytest.approx(0.9)
     assert picked["same_compute_one_device"]["share_of_bound"] == pytest.approx(1.15 / 1.25)
-
-
-def _eval_report(mode: str, colour: float) -> dict:
-    score = {"mean": colour, "low": colour - 0.1, "high": colour + 0.05, "n": 96}
-    return {"model": "tiny-shapes", "mode": mode, "window": 4, "stride": 2, "blocks": 8, "steps": 4, "bwcache": None,
-            "prompts": 96, "summary": {"colour": score}}
-
-
-def test_benchmarks_report_follows_each_eval_with_the_previous_models(monkeypatch, tmp_path):
-    results, previous, weights = tmp_path / "results", tmp_path / "results" / "previous_model", tmp_path / "weights"
-    for folder, steps in ((previous, 5235), (weights, 6500)):
-        folder.mkdir(parents=True)
-        (folder / "model.json").write_text(json.dumps({"training": {"steps": steps}}))
-    (results / "eval_a.json").write_text(json.dumps(_eval_report("serial", 0.9)))
-    (previous / "eval_a.json").write_text(json.dumps(_eval_report("serial", 0.8)))
-    (previous / "eval_b.json").write_text(json.dumps(_eval_report("cascade", 0.7)))  # not measured again
-    monkeypatch.setattr(report, "RESULTS", results)
-    monkeypatch.setattr(report, "PREVIOUS", previous)
-    monkeypatch.setattr(report, "WEIGHTS", weights)
-    rows = [line for line in report.eval_section().splitlines() if line.startswith("| tiny-shapes")]
-    assert [row.split(" | ")[1:3] + [row.split(" | ")[9]] for row in rows] == [
-        ["6,500", "serial", "90.0% [80.0%, 95.0%]"], ["5,235", "serial", "80.0% [70.0%, 85.0%]"],
-        ["5,235", "cascade", "70.0% [60.0%, 75.0%]"]]
