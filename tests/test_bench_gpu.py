@@ -126,7 +126,7 @@ class _FakeJob:
     def run(self, items, inputs, cache):
         return list(inputs)
 
-    def session(self):
+    def session(self, cache):
         return contextlib.nullcontext({})
 
 
