@@ -80,7 +80,7 @@ def test_training_captions_use_exactly_the_training_vocabulary():
     rng = np.random.default_rng(4)
     seen = set()
     for spec in _specs("train", 3000, seed=5):
-        seen.update(data.words(data.sample_caption(rng, spec, "train")))
+        seen.update(data.words(data.caption(spec, data.sample_phrasing(rng, "train"), rng)))
     assert seen == set(data.training_vocabulary())
 
 
@@ -88,7 +88,7 @@ def test_held_out_phrasings_are_new_but_use_only_training_words():
     vocabulary = set(data.training_vocabulary())
     rng = np.random.default_rng(6)
     for spec in _specs("eval", 300, seed=7):
-        assert set(data.words(data.sample_caption(rng, spec, "eval"))) <= vocabulary
+        assert set(data.words(data.caption(spec, data.sample_phrasing(rng, "eval"), rng))) <= vocabulary
         train = {data.caption(spec, p) for p in data.TRAIN_PHRASINGS}
         held_out = {data.caption(spec, p) for p in data.EVAL_PHRASINGS}
         assert not train & held_out

@@ -77,6 +77,26 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return out.type_as(x)
 
 
+def _query(attn, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Wan's normalised queries, split into heads: [B, S, heads, head_dim]."""
+    return attn.norm_q(attn.to_q(hidden_states)).unflatten(-1, (attn.heads, -1))
+
+
+def _key_value(attn, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's normalised keys and values of ``states`` [..., S, D], split into heads."""
+    key = attn.norm_k(attn.to_k(states)).unflatten(-1, (attn.heads, -1))
+    return key, attn.to_v(states).unflatten(-1, (attn.heads, -1))
+
+
+def _check_text_per_frame(text: torch.Tensor, rows: int, frames: int, kv_cache) -> None:
+    """A text per latent frame is for cache-free forwards, one for every row and frame."""
+    if kv_cache is None and text.shape[:2] == (rows, frames):
+        return
+    with_cache = " with a kv_cache" if kv_cache is not None else ""
+    raise ValueError(f"a text per frame must be [{rows}, {frames}, L, D] in a cache-free forward, "
+                     f"got {list(text.shape)}{with_cache}")
+
+
 class CausalWanAttnProcessor:
     """Wan attention whose self-attention reads and stages the block KV cache.
 
@@ -88,22 +108,20 @@ class CausalWanAttnProcessor:
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if attn.is_cross_attention and encoder_hidden_states.ndim == 4:
+        if not attn.is_cross_attention:
+            query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
+            out = dispatch_attention_fn(query, key, value, attn_mask=mask)
+        elif encoder_hidden_states.ndim == 4:
             query, out = self._cross_per_frame(attn, hidden_states, encoder_hidden_states)
         else:
-            if attn.is_cross_attention:
-                query, key, value = self._cross_qkv(attn, hidden_states, encoder_hidden_states)
-                mask = None
-            else:
-                query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
-            out = dispatch_attention_fn(query, key, value, attn_mask=mask)
+            query, key, value = self._cross_qkv(attn, hidden_states, encoder_hidden_states)
+            out = dispatch_attention_fn(query, key, value)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
     def _self_qkv(self, attn, hidden_states, rotary_emb):
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        query = _query(attn, hidden_states)
+        key, value = _key_value(attn, hidden_states)
         query = _apply_rotary(query, *rotary_emb)
         key = _apply_rotary(key, *rotary_emb)
         cache = self.state.kv_cache
@@ -129,13 +147,12 @@ class CausalWanAttnProcessor:
         return key, value, mask
 
     def _cross_qkv(self, attn, hidden_states, context):
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        query = _query(attn, hidden_states)
         cache = self.state.kv_cache
         if cache is not None and self.layer in cache.cross_kv:
             key, value = cache.cross_kv[self.layer]
         else:
-            key = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
-            value = attn.to_v(context).unflatten(2, (attn.heads, -1))
+            key, value = _key_value(attn, context)
             if cache is not None:
                 cache.cross_kv[self.layer] = (key, value)
         rows = query.shape[0]
@@ -148,10 +165,10 @@ class CausalWanAttnProcessor:
         the frames' queries become rows of their own, so each sees only its frame's prompt,
         exactly as if every frame had been run under its prompt alone."""
         rows, frames = context.shape[:2]
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(context)).unflatten(-1, (attn.heads, -1))
-        value = attn.to_v(context).unflatten(-1, (attn.heads, -1))
-        out = dispatch_attention_fn(query.unflatten(1, (frames, -1)).flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1))
+        query = _query(attn, hidden_states)
+        key, value = _key_value(attn, context)
+        per_frame_query = query.unflatten(1, (frames, -1)).flatten(0, 1)
+        out = dispatch_attention_fn(per_frame_query, key.flatten(0, 1), value.flatten(0, 1))
         return query, out.unflatten(0, (rows, frames)).flatten(1, 2)
 
 
@@ -243,9 +260,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         start_frames = self._start_frames(start_frame, rows)
         if kv_cache is not None and attention_mask is not None:
             raise ValueError("attention_mask is for cache-free forwards; the cache builds its own")
-        if encoder_hidden_states.ndim == 4 and (kv_cache is not None or encoder_hidden_states.shape[:2] != (rows, frames)):
-            raise ValueError(f"a text per frame must be [{rows}, {frames}, L, D] in a cache-free forward, "
-                             f"got {list(encoder_hidden_states.shape)}" + (" with a kv_cache" if kv_cache is not None else ""))
+        if encoder_hidden_states.ndim == 4:
+            _check_text_per_frame(encoder_hidden_states, rows, frames, kv_cache)
 
         rotary_emb = self._rope(start_frames, frames, grid_h, grid_w, hidden_states.device)
         tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()

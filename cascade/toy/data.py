@@ -326,10 +326,10 @@ def caption(spec: ClipSpec, phrasing: int, rng: np.random.Generator | None = Non
                  pick(BACKGROUND_WORDS[spec.background]))
 
 
-def sample_caption(rng: np.random.Generator, spec: ClipSpec, split: str = "train") -> str:
-    """A caption of ``spec`` with a random phrasing of ``split`` and random synonyms."""
+def sample_phrasing(rng: np.random.Generator, split: str = "train") -> int:
+    """A random phrasing (template number) of ``split``; ``caption`` fills it."""
     phrasings = _split_values(split, TRAIN_PHRASINGS, EVAL_PHRASINGS)
-    return caption(spec, phrasings[int(rng.integers(len(phrasings)))], rng)
+    return phrasings[int(rng.integers(len(phrasings)))]
 
 
 def words(text: str) -> list[str]:
@@ -416,7 +416,7 @@ def training_clip(rng: np.random.Generator, blocks: int, frames_per_block: int =
     in the same phrasing with fresh synonyms, as a user edits a prompt."""
     num_frames = blocks * frames_per_block
     spec = sample_spec(rng, "train")
-    phrasing = TRAIN_PHRASINGS[int(rng.integers(len(TRAIN_PHRASINGS)))]
+    phrasing = sample_phrasing(rng, "train")
     before = caption(spec, phrasing, rng)
     if switch_block is None:
         return render_clip(spec, num_frames, size), [before] * blocks
