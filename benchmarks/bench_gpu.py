@@ -46,7 +46,8 @@ from cascade.backend import LocalExecutor
 from cascade.model.presets import CascadeModel, load_model
 from cascade.model.wan import UMT5_XXL, random_text_encoder, random_vae
 from cascade.pipeline import BlockCausalPipeline
-from cascade.schedule import ideal_speedup, make_schedule
+from cascade.plan import tick_ratio
+from cascade.schedule import make_schedule
 
 PROMPT = "a red circle moving right"
 VIDEO_FRAMES_PER_BLOCK = 12  # 3 latent frames, VAE temporal stride 4
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace, report: dict, save) -> None:
             if variant["name"] == "serial":
                 serial = (schedule, figures["latency_s"])
             if serial is not None:
-                figures["ideal_speedup"] = ideal_speedup(serial[0], schedule)
+                figures["tick_ratio"] = tick_ratio(serial[0], schedule)
                 figures["speedup_vs_serial"] = serial[1] / figures["latency_s"]
             row.update(figures)
             print(f"{variant['name']}: {row['latency_s']:.3f} s, {row['fps_paper']:.1f} FPS", flush=True)
@@ -209,7 +210,7 @@ def markdown(report: dict) -> str:
         f"Median of {report['repeats']} run(s) after a warm-up; latency is denoising only; "
         f"FPS as the paper counts it (12 video frames per block).",
         "",
-        "| variant | executor | ticks | ideal × | latency s | × vs serial | FPS (paper) | steady block FPS | "
+        "| variant | executor | ticks | tick ratio × | latency s | × vs serial | FPS (paper) | steady block FPS | "
         "first block s | end to end s | FPS end to end | peak GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -218,7 +219,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['name']} | {r['executor']} | error: {r['error'][:120]} |" + " |" * 9)
             continue
         lines.append(
-            f"| {r['name']} | {r['executor']} | {r['ticks']} | {_num(r.get('ideal_speedup'), '.2f')} | "
+            f"| {r['name']} | {r['executor']} | {r['ticks']} | {_num(r.get("tick_ratio"), ".2f")} | "
             f"{r['latency_s']:.3f} | {_num(r.get('speedup_vs_serial'), '.2f')} | {r['fps_paper']:.1f} | "
             f"{_num(r['block_fps'], '.1f')} | {r['time_to_first_block_s']:.3f} | {r['end_to_end_s']:.3f} | "
             f"{r['fps_end_to_end']:.1f} | {_num(r['peak_memory_gib'], '.1f')} |"

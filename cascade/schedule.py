@@ -206,11 +206,6 @@ def serial_schedule(num_blocks: int, num_steps: int, recache: bool = True) -> Sc
     return make_schedule(num_blocks, num_steps, window=1, recache=recache)
 
 
-def ideal_speedup(serial: Schedule, cascade: Schedule) -> float:
-    """What a perfect backend would gain: the ratio of critical paths in ticks."""
-    return serial.num_ticks / cascade.num_ticks
-
-
 # --- prompt schedules ---------------------------------------------------------------------
 
 PromptSchedule = tuple[tuple[int, str], ...]

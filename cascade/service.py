@@ -36,9 +36,11 @@ from . import metrics
 from .backend import LocalExecutor
 from .backend.rank import KV_EXCHANGES, TICK_TIMEOUT_S
 from .caching import BWCacheConfig
+from .costs import ForwardCosts
 from .model.presets import (CascadeModel, PresetLoader, available_models, default_model_name, load_model,
                              preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
+from .plan import Plan, PlanBackend, assumptions, bound, choose_plan, describe, tick_ratio
 from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule
 from .schedule import parse_prompt_schedule  # noqa: F401 - the text form's parser, for callers of this door (the app)
 
@@ -46,8 +48,10 @@ MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
 RUN_LABELS = {"serial": "Serial (block-causal)", "cascade": "Block Cascading"}
 MAX_PROMPT_CHARS = 2000
-# What a request leaves unset and its model does not set (``CascadeModel.run_defaults``).
-FALLBACK_DEFAULTS = dict(mode="serial", blocks=8, window=4, recache=True, joint=False)
+# What a request leaves unset and its model does not set (``CascadeModel.run_defaults``); the
+# schedule's knobs (window, stride, recache, joint) are planned for the backend (``cascade.plan``).
+FALLBACK_DEFAULTS = dict(mode="serial", blocks=8)
+PLAN_KNOBS = ("window", "stride", "recache", "joint")
 FOLDER_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # what the service names its per-request folders
 WARM_UP_PROMPT = "a red circle moving right"
 MAX_SEED = 2**63 - 1  # stats carry the seed, and JSON encoders (orjson, Gradio's) stop at 64-bit integers
@@ -96,22 +100,13 @@ def check_prompt_text(prompt) -> None:
         raise ValueError("the prompt is not valid text: it holds a lone surrogate (U+D800 to U+DFFF)") from None
 
 
-def default_stride(steps: int) -> int:
-    """The default cascade's stride for ``steps`` denoising steps: a quarter of them, at least 2.
-
-    Measured on the bundled model (BENCHMARKS.md, 96 held-out pairs, window 4): at 4 steps,
-    stride 2 scores as serial does and stride 1 loses 22 points of motion accuracy; at 16 steps,
-    strides 4 and 8 both stay within 3 points of serial (stride 4 is faster: 45 ticks against
-    72), while stride 2 starts each block from context that is still mostly noise."""
-    return max(2, steps // 4)
-
-
 @dataclass(frozen=True)
 class GenerateRequest:
     """One video: a prompt and how to run it. ``window``/``stride`` apply to cascade mode.
 
     Fields left None take the model's own setting (``CascadeModel.run_defaults``), else
-    ``FALLBACK_DEFAULTS``; ``steps`` the model's sampler; ``stride`` ``default_stride(steps)``.
+    ``FALLBACK_DEFAULTS``; ``steps`` the model's sampler; the schedule's knobs (window, stride,
+    recache, joint) the plan chosen for the request's own steps and backend (``cascade.plan``).
     ``prompt_schedule``: (block, prompt) pairs from block 0 (``parse_prompt_schedule`` reads
     the text form) used instead of ``prompt``, which, once resolved, is its block-0 prompt.
     """
@@ -190,10 +185,16 @@ class GenerateRequest:
             raise ValueError("the joint variant runs a tick as one forward on one device: use the local or "
                              "batched executor")
 
-    def resolved(self, model: CascadeModel) -> "GenerateRequest":
-        """Every setting made concrete for ``model``; raises ValueError where they do not fit."""
+    def resolved(self, model: CascadeModel, backend: PlanBackend | None = None) -> "GenerateRequest":
+        """Every setting made concrete for ``model``; raises ValueError where they do not fit.
+        The knobs left unset are planned for ``backend`` (default: the request's executor and
+        workers, with no measured forward costs) from this request's own blocks and steps."""
+        return self.planned(model, backend)[0]
+
+    def planned(self, model: CascadeModel, backend: PlanBackend | None = None) -> tuple["GenerateRequest", Plan]:
+        """``resolved``, with the plan that chose its schedule's knobs (and why)."""
         chosen = {}
-        for name in ("mode", "blocks", "steps", "window", "stride", "recache", "joint"):
+        for name in ("mode", "blocks", "steps"):
             value = getattr(self, name)
             chosen[name] = model.run_defaults.get(name, FALLBACK_DEFAULTS.get(name)) if value is None else value
         request = replace(self, model=self.model or default_model_name(), **chosen)
@@ -202,14 +203,18 @@ class GenerateRequest:
             request = replace(request, prompt=schedule[0][1], prompt_schedule=schedule)
         if request.steps is None:
             request = replace(request, steps=model.sampler.num_steps)
-        if request.stride is None:
-            request = replace(request, stride=min(default_stride(request.steps), request.items_per_block))
+        backend = backend or PlanBackend(request.executor, request.workers)
+        if request.mode == "serial":  # one item per tick whatever the backend: only recache matters
+            backend = PlanBackend("local")
+        plan = choose_plan(request.blocks, request.steps, backend, **{k: getattr(request, k) for k in PLAN_KNOBS},
+                           table=model.measured_plans, defaults=model.run_defaults)
+        request = replace(request, **{k: getattr(plan, k) for k in PLAN_KNOBS})
         request._check_joint()
         if request.stride > request.items_per_block:
             raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
                              f"{' + recache' if request.recache else ''} = {request.items_per_block}), "
                              f"got {request.stride}")
-        return request
+        return request, plan
 
     @property
     def items_per_block(self) -> int:
@@ -302,6 +307,7 @@ class Service:
         self.limits = limits
         self.tick_timeout_s = tick_timeout_s
         self._models: dict[str, CascadeModel] = {}
+        self._forward_costs: dict[tuple, ForwardCosts] = {}  # (model, threads): measured once, kept
         self._pools: dict[tuple, object] = {}
         self._turns = FifoLock()
         self._closed = False
@@ -349,6 +355,15 @@ class Service:
         with self._turn():
             return self._resolve(request)[0]
 
+    def plan(self, request: GenerateRequest) -> dict:
+        """The plan ``request`` would run with (``plan_figures``: knobs, ticks, bound, why), as a
+        cascade on its backend; loads the model and measures forward costs as a run would."""
+        request = replace(request, mode="cascade")
+        request.validate()
+        with self._turn():
+            request, model, plan = self._resolve(request)
+            return plan_figures(plan, request, model, self._plan_backend(request, model))
+
     # --- requests ------------------------------------------------------------------------
 
     def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
@@ -358,8 +373,11 @@ class Service:
         folder under the output root); ``files=False`` writes nothing (benchmarks, evaluation)."""
         request.validate()
         with self._turn() as queued:
-            request, model = self._resolve(request)
+            request, model, plan = self._resolve(request)
             result = self._run(request, model, self._executor(request, model), progress, on_block)
+            if request.mode == "cascade":
+                result.stats["plan"] = plan_figures(plan, request, model, self._plan_backend(request, model),
+                                                    bwcache_cut(None, result.stats))
             result.stats["queued_s"] = queued
             if files:
                 result.files = write_generate_files(self._folder(folder), result, model.fps)
@@ -378,7 +396,7 @@ class Service:
         request = replace(request, mode="cascade")
         request.validate()
         with self._turn() as queued:
-            request, model = self._resolve(request)
+            request, model, plan = self._resolve(request)
             cascade_executor = self._executor(request, model)
             serial_executor = (LocalExecutor(self._local_device(), threads=cascade_executor.threads)
                                if request.executor == "distributed" else cascade_executor)
@@ -386,7 +404,7 @@ class Service:
             serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
                                on_block)
             cascade = self._run(request, model, cascade_executor, half(0.5), on_block)
-            stats = comparison_stats(serial, cascade, request, model)
+            stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
             stats["queued_s"] = queued
             result = CompareResult(serial, cascade, metrics.json_safe(stats))
             result.files = write_compare_files(self._folder(folder), result, model.fps)
@@ -412,11 +430,21 @@ class Service:
                 raise RuntimeError("this Service is closed")
             yield queued
 
-    def _resolve(self, request: GenerateRequest) -> tuple[GenerateRequest, CascadeModel]:
+    def _resolve(self, request: GenerateRequest) -> tuple[GenerateRequest, CascadeModel, Plan]:
         model = self._model(request.model)
-        request = request.resolved(model)
+        request, plan = request.planned(model, self._plan_backend(request, model))
         self._check_limits(request)
-        return request, model
+        return request, model, plan
+
+    def _plan_backend(self, request: GenerateRequest, model: CascadeModel) -> PlanBackend:
+        """What ``request``'s plan is fitted to; on one device, with the forward costs measured there
+        (each size once per service, the first time a plan needs it: the warm-up's plan at start)."""
+        if request.executor == "distributed":
+            return PlanBackend("distributed", request.workers)
+        key = (model.name, request.threads)
+        if key not in self._forward_costs:
+            self._forward_costs[key] = ForwardCosts(model, request.threads)
+        return PlanBackend(request.executor, 1, self._forward_costs[key])
 
     def _check_limits(self, request: GenerateRequest) -> None:
         """Blocks and steps within ``limits`` (checked once the model's defaults are filled in)."""
@@ -567,9 +595,36 @@ def communication_figures(entries: list) -> dict:
     return {"communication_s": blocked, "communication_bytes": sent}
 
 
+def bwcache_cut(serial: dict | None, cascade: dict) -> float:
+    """How much fewer transformer-block computations the cascade ran than serial (or than a plain
+    run of its own forwards, without a serial run): BWCache's measured cut, 1 without it."""
+    def reduction(stats: dict | None) -> float:
+        cache = stats["bwcache"] if stats else None
+        return cache["block_computation_reduction"] if cache and cache["enabled"] else 1.0
+
+    return reduction(cascade) / reduction(serial)
+
+
+def plan_figures(plan: Plan, request: GenerateRequest, model: CascadeModel, backend: PlanBackend,
+                 cut: float = 1.0) -> dict:
+    """A cascade's plan as stats: its knobs, placement, ticks, the bound on its backend (times
+    BWCache's measured ``cut``) beside the tick ratio, why it was chosen and a line for the page."""
+    serial, schedule = replace(request, mode="serial").schedule(model), request.schedule(model)
+    reach = bound(serial, schedule, backend, plan.joint) * cut
+    figures = {"name": plan.name, "window": plan.window, "stride": plan.stride, "recache": plan.recache,
+               "joint": plan.joint, "placement": "blocks" if backend.executor == "distributed" else "one device",
+               "executor": backend.executor, "workers": backend.workers, "ticks": schedule.num_ticks,
+               "bound": reach, "tick_ratio": tick_ratio(serial, schedule), "bwcache_cut": cut, "reason": plan.reason,
+               "summary": describe(plan, schedule, backend, reach), "assumes": assumptions(backend, cut != 1.0)}
+    if backend.forward_seconds is not None and hasattr(backend.forward_seconds, "as_dict"):
+        figures["forward_ms"] = backend.forward_seconds.as_dict()
+    return figures
+
+
 def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: GenerateRequest,
-                     model: CascadeModel) -> dict:
+                     model: CascadeModel, plan: Plan, backend: PlanBackend) -> dict:
     s, c = serial.stats, cascade.stats
+    figures = plan_figures(plan, request, model, backend, bwcache_cut(s, c))
     if request.executor == "distributed":
         counted_as = (f"serial on one worker of the kind each of the {c['workers']} cascade workers is "
                       f"({c['threads']} thread{'s' if c['threads'] != 1 else ''} each), as the Block Cascading paper counts")
@@ -579,7 +634,9 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
         "serial": s,
         "cascade": c,
         "speedup": s["latency_s"] / c["latency_s"],
-        "ideal_speedup": s["ticks"] / c["ticks"],
+        "ideal_speedup": figures["bound"],  # what this backend could reach with this plan: a true bound
+        "tick_ratio": figures["tick_ratio"],
+        "plan": figures,
         "counted_as": counted_as,
         "quality": quality(serial, cascade, request.prompts, model),
     }

@@ -50,7 +50,7 @@ def test_quick_run_measures_every_variant(tmp_path, capsys):
         assert "error" not in row, row
         assert row["latency_s"] > 0 and row["fps_paper"] > 0 and len(row["latencies_s"]) == 1
         assert row["ticks"] == EXPECTED_TICKS[name]
-        assert row["ideal_speedup"] == pytest.approx(EXPECTED_TICKS["serial"] / row["ticks"])
+        assert row["tick_ratio"] == pytest.approx(EXPECTED_TICKS["serial"] / row["ticks"])
         assert row["fps_paper"] == pytest.approx(12 * QUICK_BLOCKS / row["latency_s"])
         assert row["peak_memory_gib"] is None  # CPU
         assert row["executor"] == ("local" if name.startswith("serial") or row["joint"] else "batched")

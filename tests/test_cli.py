@@ -77,13 +77,15 @@ def test_compare_on_a_worker_pool_writes_both_runs_and_counts_speedup_as_the_pap
     serial, cascade = np.load(tmp_path / "frames_serial.npy"), np.load(tmp_path / "frames_cascade.npy")
     assert serial.shape == cascade.shape == (9, 64, 64, 3)
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert set(stats) == {"serial", "cascade", "speedup", "ideal_speedup", "counted_as", "quality", "queued_s"}
+    assert set(stats) == {"serial", "cascade", "speedup", "ideal_speedup", "tick_ratio", "plan", "counted_as", "quality",
+                          "queued_s"}
     # the serial side runs on one worker of the kind each cascade worker is: one core
     assert (stats["serial"]["workers"], stats["serial"]["threads"], stats["serial"]["executor"]) == (1, 1, "local")
     assert (stats["cascade"]["workers"], stats["cascade"]["executor"]) == (2, "distributed")
     assert "one worker of the kind each of the 2 cascade workers is" in stats["counted_as"]
     assert {e["worker"] for e in stats["cascade"]["timeline"]} == {0, 1}
-    assert stats["ideal_speedup"] == stats["serial"]["ticks"] / stats["cascade"]["ticks"]
+    assert stats["ideal_speedup"] == stats["plan"]["bound"]
+    assert stats["tick_ratio"] == stats["serial"]["ticks"] / stats["cascade"]["ticks"]
     assert stats["speedup"] == stats["serial"]["latency_s"] / stats["cascade"]["latency_s"]
     assert stats["cascade"]["communication_bytes"] > 0
     assert {"psnr_db", "ssim"} <= set(stats["quality"])

@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from cascade.schedule import RECACHE, WorkItem, ideal_speedup, make_schedule, serial_schedule
+from cascade.plan import tick_ratio
+from cascade.schedule import RECACHE, WorkItem, make_schedule, serial_schedule
 
 SIZES = list(itertools.product([1, 2, 3, 5, 8], [1, 2, 4], [1, 2, 3, 5], [False, True]))
 
@@ -63,7 +64,7 @@ def test_cascade_stride_one_window_four_shape():
     assert schedule.ticks[1] == (WorkItem(0, 1), WorkItem(1, 0))
     assert schedule.ticks[3] == (WorkItem(0, 3), WorkItem(1, 2), WorkItem(2, 1), WorkItem(3, 0))
     assert schedule.num_ticks == 8 + 4 - 1
-    assert ideal_speedup(serial_schedule(8, 4, recache=False), schedule) == pytest.approx(32 / 11)
+    assert tick_ratio(serial_schedule(8, 4, recache=False), schedule) == pytest.approx(32 / 11)
 
 
 def test_recache_is_the_last_item_of_a_block_but_the_last_block_has_none():

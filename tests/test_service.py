@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cascade.model.presets import load_model
-from cascade.service import FifoLock, GenerateRequest, Service, default_stride
+from cascade.service import FifoLock, GenerateRequest, Service
 from process_checks import alive
 
 SMALL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", blocks=3, steps=2, window=2,
@@ -142,7 +142,8 @@ def test_compare_hands_on_both_runs_and_writes_every_file(service):
                                  "frames_cascade.npy", "timeline.json", "stats.json"}
     assert all(path.parent == folder and path.stat().st_size > 0 for path in result.files.values())
     assert result.stats["speedup"] == result.stats["serial"]["latency_s"] / result.stats["cascade"]["latency_s"]
-    assert result.stats["ideal_speedup"] == result.stats["serial"]["ticks"] / result.stats["cascade"]["ticks"]
+    assert result.stats["ideal_speedup"] == result.stats["plan"]["bound"]
+    assert result.stats["tick_ratio"] == result.stats["serial"]["ticks"] / result.stats["cascade"]["ticks"]
     assert "analyzer" not in result.stats["quality"]  # random weights: the world's judge would be meaningless
 
 
@@ -194,7 +195,7 @@ def test_unset_settings_take_the_models_then_the_fallback_defaults():
     model = load_model("random-tiny")
     plain = GenerateRequest(prompt="x", mode="cascade").resolved(model)
     assert (plain.blocks, plain.steps, plain.window, plain.stride, plain.recache, plain.joint) == (
-        8, 4, 4, default_stride(4), True, False)
+        8, 4, 5, 1, True, False)  # no quality table: a quarter of the steps; every block that can fill
     model.run_defaults = {"blocks": 5, "window": 5, "stride": 1, "joint": True, "recache": False}
     own = GenerateRequest(prompt="x", mode="cascade").resolved(model)
     assert (own.blocks, own.window, own.stride, own.joint, own.recache) == (5, 5, 1, True, False)

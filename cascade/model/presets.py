@@ -28,6 +28,7 @@ from .transformer import CausalWanTransformer
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 TRANSFORMER_FILE = "transformer.safetensors"
 MODEL_CONFIG_FILE = "model.json"
+MEASURED_PLANS_FILE = "plans.json"  # the measured quality table (benchmarks/plan_table.py writes it)
 
 WAN_1_3B = dict(
     patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
@@ -78,6 +79,10 @@ class CascadeModel:
     # Settings this model runs with unless a request says otherwise: GenerateRequest field names
     # (blocks, steps, window, stride, recache, joint, mode), e.g. a model trained for one schedule.
     run_defaults: dict = field(default_factory=dict)
+    # The model's measured quality table: held-out evaluations of serial and cascaded plans (the
+    # folder's ``plans.json``: mode, steps, window, stride, recache, joint, bwcache, pairs, scores),
+    # from which a plan for each backend is chosen (``cascade.plan.choose_plan``).
+    measured_plans: tuple = ()
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
         return self.text_encoder.encode_prompts(prompts)
@@ -244,7 +249,13 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         decode=decode_pixels, sampler=sampler, layout=layout, fps=info["fps"], random_weights=False,
         local_window=info.get("local_window"), sink_frames=info.get("sink_frames", 0),
         judge=_judge_of(info.get("world")),
+        measured_plans=_measured_plans(folder),
     )
+
+
+def _measured_plans(folder: Path) -> tuple:
+    table = folder / MEASURED_PLANS_FILE
+    return tuple(json.loads(table.read_text())["plans"]) if table.exists() else ()
 
 
 def _judge_of(world: str | None) -> Callable[[np.ndarray, str], dict] | None:
