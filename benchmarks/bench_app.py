@@ -79,7 +79,9 @@ def one_comparison(client, prompt: str) -> dict:
     latencies = stats["serial"]["latency_s"] + stats["cascade"]["latency_s"]
     return {"wall_s": wall, "serial_latency_s": stats["serial"]["latency_s"],
             "cascade_latency_s": stats["cascade"]["latency_s"], "overhead_s": wall - latencies,
-            "queued_s": stats["queued_s"], "speedup": stats["speedup"], "executor": stats["cascade"]["executor"],
+            "queued_s": stats["queued_s"], "speedup": stats["speedup"], "ideal_speedup": stats["ideal_speedup"],
+            "share_of_bound": stats["speedup"] / stats["ideal_speedup"], "plan": stats["plan"]["summary"],
+            "executor": stats["cascade"]["executor"],
             "workers": stats["cascade"]["workers"], "blocks": stats["cascade"]["blocks"],
             "steps": stats["cascade"]["steps"]}
 
@@ -105,6 +107,12 @@ def markdown(report: dict) -> str:
                            ("overhead_s", "app overhead (wall − both latencies)")):
             s = steady[key]
             lines.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
+        for key, label in (("speedup", "speedup (serial on 1 core ÷ cascade on the pool)"),
+                           ("share_of_bound", "share of the plan's bound")):
+            s = steady[key]
+            lines.append(f"| {label} | {s['median']:.2f} | {s['min']:.2f} | {s['max']:.2f} |")
+        lines += ["", f"The plan the page ran: {setting['plan']} (the bound, “at most”, is the page's ideal). "
+                      f"First comparison ÷ median later one: {first['wall_s'] / steady['wall_s']['median']:.2f}."]
     lines += ["", f"Machine: {report['machine']}."]
     return "\n".join(lines) + "\n"
 
@@ -139,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     steady = runs[1:]
     report = {"serve_s": serve_s, "first": runs[0], "runs": runs,
               "steady": {key: summary(steady, key) for key in ("wall_s", "serial_latency_s", "cascade_latency_s",
-                                                               "overhead_s")} if steady else {},
+                                                               "overhead_s", "speedup", "share_of_bound")}
+              if steady else {},
               "machine": machine()}
     write_report(args.out, "bench_app", report, markdown(report))
     return report

@@ -219,7 +219,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['name']} | {r['executor']} | error: {r['error'][:120]} |" + " |" * 9)
             continue
         lines.append(
-            f"| {r['name']} | {r['executor']} | {r['ticks']} | {_num(r.get("tick_ratio"), ".2f")} | "
+            f"| {r['name']} | {r['executor']} | {r['ticks']} | {_num(r.get('tick_ratio'), '.2f')} | "
             f"{r['latency_s']:.3f} | {_num(r.get('speedup_vs_serial'), '.2f')} | {r['fps_paper']:.1f} | "
             f"{_num(r['block_fps'], '.1f')} | {r['time_to_first_block_s']:.3f} | {r['end_to_end_s']:.3f} | "
             f"{r['fps_end_to_end']:.1f} | {_num(r['peak_memory_gib'], '.1f')} |"

@@ -271,3 +271,17 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def mcnemar_p(reference: Sequence[bool], other: Sequence[bool]) -> float:
+    """Exact two-sided McNemar test of paired 0/1 verdicts: the chance, if both runs were equally
+    good, of pairs disagreeing at least this one-sidedly (a binomial test on the discordant pairs)."""
+    if len(reference) != len(other):
+        raise ValueError(f"paired verdicts need equal lengths, got {len(reference)} and {len(other)}")
+    only_reference = sum(1 for a, b in zip(reference, other) if a and not b)
+    only_other = sum(1 for a, b in zip(reference, other) if b and not a)
+    discordant = only_reference + only_other
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, i) for i in range(min(only_reference, only_other) + 1)) / 2 ** discordant
+    return min(1.0, 2 * tail)
