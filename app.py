@@ -10,6 +10,7 @@ the page for any such Service, so tests and benchmarks launch it with a small on
 the Service on the way out: a run in progress fails, and no worker or shared memory is left.
 """
 
+import argparse
 import base64
 import html
 import io
@@ -45,6 +46,10 @@ REPLAY_SECONDS = 6.0  # the slower run is replayed over about this long (never f
 BACKENDS = {"pool": "distributed", "batched": "batched"}
 VARIANTS = ("causal", "joint")
 RUNS = ("serial", "cascade")
+# Warming up while Gradio starts made the first comparison 3.5x slower than later ones on a
+# 2-core box (both compete for the cores); warming up first serves the page later (bench_app).
+WARM_UP = "before"
+PLANNED_SETTINGS = slice(5, 9)  # window, stride, variant, recache among make_request's settings after the prompt
 
 HEADER = """
 # Serial block-causal video diffusion vs Block Cascading
@@ -232,7 +237,9 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
                  variant, recache, bwcache, threshold, seed, prompt_schedule="") -> GenerateRequest:
     """The request the page's (or the API's) settings describe; ValueError for anything a run
     could not take, with the same message on the page and through the API. A ``prompt_schedule``
-    (its text form, one ``block: prompt`` per line) replaces the prompt."""
+    (its text form, one ``block: prompt`` per line) replaces the prompt. ``window``, ``stride``,
+    ``variant`` and ``recache`` left None are planned by the service for the request's own steps
+    and backend."""
     if not isinstance(prompt_schedule, str):
         raise ValueError(f"the prompt schedule must be text, got {reprlib.repr(prompt_schedule)}")
     schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule.strip() else None
@@ -241,21 +248,23 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
     elif prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moving right'")
     preset = runnable_preset(choices, preset)
-    backend, variant = one_of("backend", backend, BACKENDS), one_of("variant", variant, VARIANTS)
-    recache, bwcache = flag("recache", recache), flag("bwcache", bwcache)
+    backend = one_of("backend", backend, BACKENDS)
+    variant = None if variant is None else one_of("variant", variant, VARIANTS)
+    recache = None if recache is None else flag("recache", recache)
+    bwcache = flag("bwcache", bwcache)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= THRESHOLD_MAX:
         raise ValueError(f"the BWCache threshold must be a number from 0 to {THRESHOLD_MAX}, "
                          f"got {reprlib.repr(threshold)}")
     steps = whole("steps", steps, 1, choices.max_steps)
-    stride = whole("stride", stride, 1, choices.max_steps + 1)
-    if stride > steps + recache:
+    stride = None if stride is None else whole("stride", stride, 1, choices.max_steps + 1)
+    if stride is not None and stride > steps + (recache is not False):
         raise ValueError(f"stride must be at most the items per block ({steps} steps"
-                         f"{' + recache' if recache else ''}), got {stride}")
+                         f"{' + recache' if recache is not False else ''}), got {stride}")
     request = GenerateRequest(
         prompt=prompt, prompt_schedule=schedule, mode="cascade", model=preset,
         blocks=whole("blocks", blocks, 1, choices.max_blocks), steps=steps,
-        window=whole("window", window, 1, choices.max_blocks), stride=stride,
-        recache=recache, joint=variant == "joint", executor=BACKENDS[backend],
+        window=None if window is None else whole("window", window, 1, choices.max_blocks), stride=stride,
+        recache=recache, joint=None if variant is None else variant == "joint", executor=BACKENDS[backend],
         workers=whole("workers", workers, 1, choices.max_workers), seed=whole("seed", seed, 0, SEED_MAX),
         # a pool's workers keep the default's threads each (one core each on a CPU box); one device
         # batched uses all of it, as the service's own one-device default does
@@ -269,15 +278,20 @@ def make_request(choices: Choices, prompt, preset, blocks, steps, backend, worke
 
 
 class Backend:
-    """The Service and its warm-up. The warm-up runs in the background so the page is served at
-    once; every comparison waits for it, so the first visitor is timed like the hundredth."""
+    """The Service and its warm-up. Every comparison waits for the warm-up, so the first visitor
+    is timed like the hundredth. ``background``: warm up while Gradio starts and serves (the
+    page is up sooner, but the two compete for the cores); else before (``build_demo`` returns
+    once the backend is warm)."""
 
-    def __init__(self, service: Service, choices: Choices):
+    def __init__(self, service: Service, choices: Choices, background: bool = True):
         self.service = service
         self.choices = choices
         self._ready = threading.Event()
         self._failure: Exception | None = None
-        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        if background:
+            threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        else:
+            self._warm_up()
 
     def _warm_up(self) -> None:
         try:
@@ -409,14 +423,17 @@ def escape_markdown(text: str) -> str:
 
 
 def speedup_markdown(stats: dict) -> str:
-    """The measured speedup beside the ideal one, how it is counted, and what ran."""
-    serial, cascade = stats["serial"], stats["cascade"]
-    return (f"## {stats['speedup']:.2f}× faster (ideal {stats['ideal_speedup']:.2f}×)\n"
+    """The measured speedup beside the bound of the plan that ran, the plan and why, what the
+    bound assumes, and how the speedup is counted."""
+    serial, cascade, plan = stats["serial"], stats["cascade"], stats["plan"]
+    return (f"## {stats['speedup']:.2f}× faster (at most {stats['ideal_speedup']:.2f}× with this plan here)\n"
+            f"**{plan['summary']}.** Why this plan: {plan['reason']}.\n\n"
             f"“{escape_markdown(serial['prompt'])}”, seed {serial['seed']}, {serial['model']}, "
             f"{serial['blocks']} blocks × {serial['steps']} steps. "
             f"Measured: serial {serial['latency_s']:.2f} s ÷ cascade {cascade['latency_s']:.2f} s. "
-            f"Ideal: the tick ratio, {serial['ticks']} ÷ {cascade['ticks']} ticks (what a backend with no "
-            f"overhead would reach). Counted as {stats['counted_as']}.")
+            f"{plan['assumes'][0].upper()}{plan['assumes'][1:]}; the tick ratio, {serial['ticks']} ÷ {cascade['ticks']} "
+            f"ticks = {stats['tick_ratio']:.2f}×, is what one worker per block in flight would reach. "
+            f"Counted as {stats['counted_as']}.")
 
 
 ANALYZER_ROWS = (("colour", "colour"), ("shape", "shape"), ("motion", "motion"), ("background", "background"),
@@ -526,13 +543,14 @@ def timeline_figure(stats: dict) -> go.Figure:
 # --- the page ----------------------------------------------------------------------------------
 
 
-def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_size: int = QUEUE_SIZE,
+               warm_up_in_background: bool = True) -> gr.Blocks:
     """The page and the ``compare`` API for ``service`` (warmed up in the background from now on).
     ``defaults``: the page's default settings (default: the service's best for this machine);
     ``queue_size``: comparisons that may wait at once (page and API together) before the next
-    is refused with "Queue is full"."""
+    is refused with "Queue is full"; ``warm_up_in_background``: see ``Backend``."""
     choices = page_choices(service, defaults)
-    backend = Backend(service, choices)
+    backend = Backend(service, choices, background=warm_up_in_background)
     d = choices.defaults
     with gr.Blocks(title="Block Cascading vs serial", delete_cache=(CACHE_SWEEP_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown(HEADER)
@@ -579,9 +597,13 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_
                         outputs["cascade_live"], outputs["serial_stats"], outputs["cascade_stats"], quality,
                         timeline, race, downloads, figures]
 
-        def run_page(prompt_text, schedule_text, *values, progress=gr.Progress()):
-            """The page's comparison: previews as blocks finish, then every figure."""
+        def run_page(prompt_text, schedule_text, planned, *values, progress=gr.Progress()):
+            """The page's comparison: previews as blocks finish, then every figure. ``planned``: the
+            service plans window, stride, variant and recache for the chosen backend and steps."""
             try:
+                values = list(values)
+                if planned is True:
+                    values[PLANNED_SETTINGS] = [None] * len(values[PLANNED_SETTINGS])
                 request = make_request(choices, prompt_text, *values, prompt_schedule=schedule_text)
                 progress(0, desc="Waiting for the backend to warm up")
                 backend.wait_until_ready()
@@ -590,7 +612,8 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_
                 raise user_error(error) from None
 
         # the progress bar and the queue position show on the speedup line, so the previews stay visible
-        gr.on([compare_button.click, prompt.submit], run_page, inputs=[prompt, schedule, *settings], outputs=page_outputs,
+        gr.on([compare_button.click, prompt.submit], run_page, inputs=[prompt, schedule, *settings],
+              outputs=page_outputs,
               api_visibility="private", concurrency_id=BACKEND, concurrency_limit=1, show_progress="full",
               show_progress_on=[speedup])
         gr.api(api_function(backend), api_name="compare", concurrency_id=BACKEND, concurrency_limit=1)
@@ -598,7 +621,7 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_
 
 
 def settings_panel(service: Service, choices: Choices) -> list:
-    """The settings, in the order ``make_request`` takes them after the prompt."""
+    """The plan checkbox, then the settings in the order ``make_request`` takes them after the prompt."""
     d = choices.defaults
     pool_default = d.executor == "distributed"
     with gr.Accordion("Settings", open=False, elem_id="settings"):
@@ -614,6 +637,8 @@ def settings_panel(service: Service, choices: Choices) -> list:
             workers = gr.Slider(1, choices.max_workers, value=d.workers if pool_default else 2, step=1,
                                 label="Workers in the pool", elem_id="workers",
                                 info="another count starts another pool (a few seconds, once)")
+        planned = gr.Checkbox(value=True, elem_id="planned", label="Plan window, stride, variant and recache for "
+                              "this backend and these steps (the fastest measured plan within 2 points of serial)")
         with gr.Row():
             window = gr.Slider(1, choices.max_blocks, value=d.window, step=1, label="Window (blocks in flight)",
                                elem_id="window")
@@ -634,15 +659,16 @@ def settings_panel(service: Service, choices: Choices) -> list:
         # client-side: a new seed needs no server round trip and never waits in the queue
         randomize.click(None, outputs=seed, js=f"() => Math.floor(Math.random() * {SEED_MAX})")
         gr.Markdown(presets_note(choices))
-    return [preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache, threshold, seed]
+    return [planned, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache, threshold, seed]
 
 
 def presets_note(choices: Choices) -> str:
     d = choices.defaults
     backend = (f"a worker pool of {d.workers} workers" + (f", {d.threads} thread each" if d.threads == 1 else "")
                if d.executor == "distributed" else "one device, batched")
-    lines = [f"The defaults are what runs best on this machine: {backend}, {d.blocks} blocks × {d.steps} steps, "
-             f"window {d.window}, stride {d.stride}."]
+    lines = [f"The defaults are what runs best on this machine: {backend}, {d.blocks} blocks × {d.steps} steps; "
+             f"planned for them: window {d.window}, stride {d.stride} (with the box above ticked, window, stride, "
+             "variant and recache are planned anew for the backend and steps you choose)."]
     if choices.unavailable:
         lines.append("Presets that cannot run here: " + "; ".join(
             f"**{html.escape(name)}** (needs {html.escape(needs)})" for name, needs in choices.unavailable) + ".")
@@ -695,11 +721,12 @@ def api_function(shared: Backend):
 
     def compare(prompt: str, preset: str = d.model, blocks: int = d.blocks, steps: int = d.steps,
                 backend: str = "pool" if d.executor == "distributed" else "batched", workers: int = d.workers,
-                window: int = d.window, stride: int = d.stride, variant: str = "joint" if d.joint else "causal",
-                recache: bool = d.recache, bwcache: bool = d.bwcache, bwcache_threshold: float = d.bwcache_threshold,
+                window: int | None = None, stride: int | None = None, variant: str | None = None,
+                recache: bool | None = None, bwcache: bool = d.bwcache, bwcache_threshold: float = d.bwcache_threshold,
                 seed: int = d.seed, prompt_schedule: str = "") -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
         """Run the prompt (or the prompt schedule, one ``block: prompt`` per line, which replaces
-        it) serially and with Block Cascading on the shared backend; returns serial.mp4,
+        it) serially and with Block Cascading on the shared backend (window, stride, variant and
+        recache left unset are planned for the backend and steps); returns serial.mp4,
         cascade.mp4, side_by_side.mp4 and the stats (speedup, ideal speedup, quality, both runs'
         figures, timelines and prompt switches)."""
         try:
@@ -721,9 +748,13 @@ def launch_options(service: Service) -> dict:
     return {"allowed_paths": [str(service.output_root)], "css": CSS, "theme": gr.themes.Soft()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the comparison page.")
+    parser.add_argument("--warm-up", choices=("before", "background"), default=WARM_UP,
+                        help="warm the backend up before serving the page, or while Gradio starts")
+    args = parser.parse_args(argv)
     with Service(ttl_s=OUTPUT_TTL_S) as service:
-        build_demo(service).launch(**launch_options(service))
+        build_demo(service, warm_up_in_background=args.warm_up == "background").launch(**launch_options(service))
 
 
 if __name__ == "__main__":  # the pool's worker processes import this file too: start nothing there

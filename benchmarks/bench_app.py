@@ -41,12 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int) -> tuple[subprocess.Popen, float]:
+def start_app(port: int, warm_up: str | None = None) -> tuple[subprocess.Popen, float]:
     """``python app.py`` on ``port``; returns the process and the seconds until its page answered."""
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    command = [sys.executable, "app.py"] + ([f"--warm-up={warm_up}"] if warm_up else [])
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     while time.perf_counter() - started < SERVE_TIMEOUT_S:
@@ -81,6 +82,10 @@ def one_comparison(client, prompt: str) -> dict:
             "cascade_latency_s": stats["cascade"]["latency_s"], "overhead_s": wall - latencies,
             "queued_s": stats["queued_s"], "speedup": stats["speedup"], "ideal_speedup": stats["ideal_speedup"],
             "share_of_bound": stats["speedup"] / stats["ideal_speedup"], "plan": stats["plan"]["summary"],
+            "text_s": stats["serial"]["text_encode_s"] + stats["cascade"]["text_encode_s"],
+            "decode_s": stats["serial"]["decode_s"] + stats["cascade"]["decode_s"],
+            "quality_s": stats["quality_s"], "videos_s": stats["files_s"]["videos"],
+            "timeline_s": stats["files_s"]["timeline"],
             "executor": stats["cascade"]["executor"],
             "workers": stats["cascade"]["workers"], "blocks": stats["cascade"]["blocks"],
             "steps": stats["cascade"]["steps"]}
@@ -104,7 +109,11 @@ def markdown(report: dict) -> str:
     if steady:
         for key, label in (("wall_s", "comparison, client wall time"),
                            ("serial_latency_s", "serial latency"), ("cascade_latency_s", "cascade latency"),
-                           ("overhead_s", "app overhead (wall − both latencies)")):
+                           ("overhead_s", "app overhead (wall − both latencies)"),
+                           ("text_s", "… of which text encoding (both runs)"), ("decode_s", "… decoding (both runs; in part during the forwards)"),
+                           ("quality_s", "… quality figures"), ("videos_s", "… writing the three mp4s"),
+                           ("timeline_s", "… writing timeline.json"),
+                           ("rest_s", "… the rest: previews, stats, Gradio's queue, file copies and downloads")):
             s = steady[key]
             lines.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
         for key, label in (("speedup", "speedup (serial on 1 core ÷ cascade on the pool)"),
@@ -133,21 +142,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="comparisons after the first (default 5)")
     parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--warm-up", choices=("before", "background"), default=None,
+                        help="app.py's --warm-up (default: the app's own)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     from gradio_client import Client
 
     port = free_port()
-    process, serve_s = start_app(port)
+    process, serve_s = start_app(port, args.warm_up)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         runs = [one_comparison(client, args.prompt) for _ in range(args.runs + 1)]
     finally:
         stop_app(process)
+    for run in runs:
+        run["rest_s"] = run["overhead_s"] - sum(run[k] for k in ("text_s", "decode_s", "quality_s", "videos_s",
+                                                                   "timeline_s"))
     steady = runs[1:]
-    report = {"serve_s": serve_s, "first": runs[0], "runs": runs,
+    report = {"warm_up": args.warm_up or "app default", "serve_s": serve_s, "first": runs[0], "runs": runs,
               "steady": {key: summary(steady, key) for key in ("wall_s", "serial_latency_s", "cascade_latency_s",
-                                                               "overhead_s", "speedup", "share_of_bound")}
+                                                               "overhead_s", "text_s", "decode_s", "quality_s", "videos_s",
+                                                               "timeline_s", "rest_s", "speedup", "share_of_bound")}
               if steady else {},
               "machine": machine()}
     write_report(args.out, "bench_app", report, markdown(report))

@@ -9,6 +9,10 @@
         --json benchmarks/results/eval_cascade_w4s2.json
     python -m cascade eval --mode cascade --window 4 --stride 4 --steps 16 --prompts 96 --executor batched \
         --json benchmarks/results/eval_cascade_w4s4_16steps.json          # and --stride 8: ..._w4s8_16steps.json
+    python -m cascade eval --mode cascade --window 2 --stride 2 --prompts 96 --executor batched \
+        --json benchmarks/results/eval_cascade_w2s2.json   # and W2 s1, W2 s3; --bwcache; --steps 16 with s2, s3, s4
+    python -m benchmarks.plan_table                                            # the model's plans.json from them
+    python -m benchmarks.bench_visitor                                         # alone on the machine
     python -m cascade bench --json benchmarks/results/cascade.json --markdown benchmarks/results/cascade.md
     python -m benchmarks.bench_service --json benchmarks/results/warm_start.json
     python -m benchmarks.bench_app --runs 5 --out benchmarks/results
@@ -27,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "bench_cache.md", "bench_switch.md")
+SECTIONS = ("bench_visitor.md", "cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "bench_cache.md", "bench_switch.md")
 
 HEADER = """# Benchmarks
 
@@ -73,7 +77,38 @@ def eval_section() -> str | None:
     return "\n".join(lines) + "\n"
 
 
+CARD_START, CARD_END = "<!-- model card quality: benchmarks/report.py -->", "<!-- end model card quality -->"
+
+
+def model_card_table() -> str:
+    """The README model card's quality table: every plain evaluation of the bundled model, with
+    McNemar's p of each accuracy against serial at the same steps."""
+    from .bench_visitor import evaluation, paired_quality
+
+    lines = ["  | run | steps | colour (p) | shape (p) | motion (p) | one object in ≥ half the frames (p) |", "  |---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("eval_*.json"), key=lambda p: (json.loads(p.read_text())["steps"], p.name)):
+        r = json.loads(path.read_text())
+        if r.get("model") != "tiny-shapes" or "items" not in r or "switch_block" in r:
+            continue
+        serial = evaluation(RESULTS, mode="serial", steps=r["steps"], recache=True, bwcache=None)
+        run = "serial" if r["mode"] == "serial" else f"cascade W{r['window']} s{r['stride']}"
+        run += f", BWCache δ={r['bwcache']:g}" if r.get("bwcache") is not None else ""
+        q = paired_quality({"source": path.name, **r}, serial)
+        cells = [f"{q[k]['cascade']:.1%} ({q[k]['mcnemar_p']:.2f})" for k in ("colour", "shape", "motion", "one_object")]
+        lines.append(f"  | {run} | {r['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_model_card() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(CARD_START, 1)
+    _, tail = rest.split(CARD_END, 1)
+    readme.write_text(f"{head}{CARD_START}\n{model_card_table()}\n{CARD_END}{tail}")
+
+
 def main() -> int:
+    write_model_card()
     parts = [HEADER]
     evals = eval_section()
     if evals:

@@ -203,6 +203,11 @@ class GenerateRequest:
             request = replace(request, prompt=schedule[0][1], prompt_schedule=schedule)
         if request.steps is None:
             request = replace(request, steps=model.sampler.num_steps)
+        recache = model.run_defaults.get("recache", True) if request.recache is None else request.recache
+        if request.stride is not None and request.stride > request.steps + int(recache):
+            raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
+                             f"{' + recache' if recache else ''} = {request.steps + int(recache)}), "
+                             f"got {request.stride}")
         backend = backend or PlanBackend(request.executor, request.workers)
         if request.mode == "serial":  # one item per tick whatever the backend: only recache matters
             backend = PlanBackend("local")
@@ -210,10 +215,6 @@ class GenerateRequest:
                            table=model.measured_plans, defaults=model.run_defaults)
         request = replace(request, **{k: getattr(plan, k) for k in PLAN_KNOBS})
         request._check_joint()
-        if request.stride > request.items_per_block:
-            raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
-                             f"{' + recache' if request.recache else ''} = {request.items_per_block}), "
-                             f"got {request.stride}")
         return request, plan
 
     @property
@@ -625,6 +626,8 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
                      model: CascadeModel, plan: Plan, backend: PlanBackend) -> dict:
     s, c = serial.stats, cascade.stats
     figures = plan_figures(plan, request, model, backend, bwcache_cut(s, c))
+    started = time.perf_counter()
+    judged = quality(serial, cascade, request.prompts, model)
     if request.executor == "distributed":
         counted_as = (f"serial on one worker of the kind each of the {c['workers']} cascade workers is "
                       f"({c['threads']} thread{'s' if c['threads'] != 1 else ''} each), as the Block Cascading paper counts")
@@ -638,7 +641,8 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
         "tick_ratio": figures["tick_ratio"],
         "plan": figures,
         "counted_as": counted_as,
-        "quality": quality(serial, cascade, request.prompts, model),
+        "quality": judged,
+        "quality_s": time.perf_counter() - started,
     }
 
 
@@ -684,15 +688,19 @@ def write_compare_files(folder: Path, result: CompareResult, fps: float) -> dict
 
     runs = {"serial": result.serial, "cascade": result.cascade}
     scale = view_scale(result.serial.frames.shape[1])
+    started = time.perf_counter()
     files = {f"{name}.mp4": write_mp4(run.frames, folder / f"{name}.mp4", fps=fps, scale=scale)
              for name, run in runs.items()}
     labels = tuple(f"{RUN_LABELS[name]} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
     files["side_by_side.mp4"] = write_side_by_side(result.serial.frames, result.cascade.frames, labels,
                                                    folder / "side_by_side.mp4", fps=fps, scale=scale)
+    videos_s = time.perf_counter() - started
     timeline = [{"run": name, **entry} for name, run in runs.items() for entry in run.stats["timeline"]]
     timeline_path = folder / "timeline.json"
     timeline_path.write_text(json.dumps(timeline) + "\n")
     files["timeline.json"] = timeline_path
+    # what writing costs a visitor beyond the runs (the app's overhead, benchmarks/bench_app.py)
+    result.stats["files_s"] = {"videos": videos_s, "timeline": time.perf_counter() - started - videos_s}
     files.update(_write_data(folder, {f"frames_{name}.npy": run.frames for name, run in runs.items()}, result.stats))
     return files
 

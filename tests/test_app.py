@@ -11,6 +11,7 @@ test saves its screenshot under pytest's tmp folder, and into the repository whe
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -75,6 +76,19 @@ def test_page_settings_make_the_request_they_show():
     assert (request.blocks, request.steps, request.window, request.stride, request.threads) == (8, 4, 4, 2, None)
     pooled = app.make_request(choices(), "a red circle", *page_values())
     assert (pooled.executor, pooled.workers, pooled.joint, pooled.threads) == ("distributed", 2, False, 1)
+
+
+def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_own_steps(served):
+    """With the plan box ticked (the default) the page sends no window, stride, variant or recache;
+    the service plans them for the request's steps: at 16 steps on 2 one-core workers W2 s3, the
+    model table's fastest within 2 points of serial (not the page's 4-step stride)."""
+    unset = dict(window=None, stride=None, variant=None, recache=None)
+    request = app.make_request(choices(), "a red circle", *page_values(steps=16, **unset))
+    assert (request.window, request.stride, request.joint, request.recache) == (None, None, None, None)
+    service = served[2]
+    planned = service.resolve(replace(request, workers=2, threads=1))
+    assert (planned.window, planned.stride, planned.recache, planned.joint) == (2, 3, True, False)
+    assert app.PLANNED_SETTINGS == slice(5, 9) and list(page_values())[app.PLANNED_SETTINGS] == [4, 2, "causal", True]
 
 
 @pytest.mark.parametrize("prompt, changes, message", [
@@ -226,7 +240,8 @@ def test_browser_compare_shows_videos_figures_timeline_and_replays_the_race(serv
     page.click("#compare")
     page.wait_for_function(VIDEOS_LOADED, timeout=90_000)
     page.wait_for_selector("#timeline .js-plotly-plot", timeout=30_000)
-    assert "faster (ideal" in page.inner_text("#speedup")
+    speedup_text = page.inner_text("#speedup")
+    assert "faster (at most" in speedup_text and "Why this plan:" in speedup_text and " ticks, at most " in speedup_text
     assert "latency" in page.inner_text("#serial-stats") and "cache reuse" in page.inner_text("#cascade-stats")
     assert "shiny" in page.inner_text("#note")
     assert page.locator("#timeline .js-plotly-plot .bars path").count() > 0  # one path per work item

@@ -150,3 +150,15 @@ def test_json_safe():
     assert safe == {"psnr": "inf", "ci": [1.0, "nan", "-inf"], "n": 3, "x": 0.5}
     json.dumps(safe, allow_nan=False)
     assert float(safe["psnr"]) == math.inf
+
+
+def test_mcnemar_exact_p_values():
+    from cascade.metrics import mcnemar_p
+
+    # 6 pairs right only under the reference, none only under the other: 2 * (1/2)^6
+    assert mcnemar_p([True] * 6 + [False] * 4, [False] * 6 + [False] * 4) == pytest.approx(2 / 64)
+    assert mcnemar_p([True, False] * 5, [True, False] * 5) == 1.0  # no discordant pair
+    # 1 against 3 discordant pairs: 2 * (C(4,0) + C(4,1)) / 16
+    assert mcnemar_p([True, False, False, False], [False, True, True, True]) == pytest.approx(10 / 16)
+    with pytest.raises(ValueError, match="equal lengths"):
+        mcnemar_p([True], [True, False])
