@@ -1,4 +1,4 @@
-"""Command line: ``python -m cascade generate|compare|bench|eval|train ...`` (see ``--help`` of each).
+"""Command line: ``python -m cascade generate|compare|bench|eval|train|convert|env|download ...`` (see ``--help`` of each).
 
 Each command is a thin caller of ``cascade.service.Service``."""
 
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     conversion = commands.add_parser("convert", help="an original Wan checkpoint -> a diffusers transformer folder")
     convert.add_arguments(conversion)
     conversion.set_defaults(run=convert.main)
+    from . import env
+
+    environment = commands.add_parser("env", help="this machine, the libraries, every model's status and what "
+                                                  "`python app.py` would run (offline; for bug reports)")
+    environment.set_defaults(run=env.main)
     return parser
 
 

@@ -118,33 +118,35 @@ def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succ
     assert {p.pid for p in workers_of(only_pool(service))}.isdisjoint(p.pid for p in old)
 
 
-def test_a_hung_worker_fails_the_run_after_the_tick_timeout_and_the_next_run_succeeds(service):
+def test_a_hung_worker_fails_the_run_after_the_tick_timeout_and_the_next_run_succeeds(service, leftovers):
     first = service.generate(POOL, files=False)
-    old = workers_of(only_pool(service))
+    old, held = workers_of(only_pool(service)), leftovers.since()
     old[1].suspend()  # SIGSTOP: alive but silent, as a worker stuck in a driver call or a deadlock would be
     with pytest.raises(RuntimeError) as raised:
         service.generate(POOL, files=False)
     assert re.fullmatch(rf"distributed pool failed during run \d+: no tick finished within {HUNG_S:g} s "
                         r"\(tick_timeout_s\): a worker hung", first_line(raised.value))
     assert still_there(old) == []  # the stopped worker was killed too
+    assert held and left_in_shared_memory(held) == []  # and the stopped pool's shared memory is gone
 
     again = service.generate(POOL, files=False)
     assert np.array_equal(again.frames, first.frames)
 
 
-def test_a_worker_that_died_between_runs_is_replaced_before_the_next_run(service):
+def test_a_worker_that_died_between_runs_is_replaced_before_the_next_run(service, leftovers):
     first = service.generate(POOL, files=False)
-    old = workers_of(only_pool(service))
+    old, held = workers_of(only_pool(service)), leftovers.since()
     old[0].kill()
     until_the_pool_sees_it_gone(only_pool(service), 0)
     again = service.generate(POOL, files=False)  # no error: nobody's run was in progress
     assert np.array_equal(again.frames, first.frames)
+    assert held and left_in_shared_memory(held) == []  # the broken pool's shared memory went with it
     assert {p.pid for p in workers_of(only_pool(service))}.isdisjoint(p.pid for p in old) and still_there(old) == []
 
 
-def test_closing_the_service_fails_a_run_in_progress_at_once_and_stops_every_worker(service):
+def test_closing_the_service_fails_a_run_in_progress_at_once_and_stops_every_worker(service, leftovers):
     service.generate(POOL, files=False)
-    old = workers_of(only_pool(service))
+    old, held = workers_of(only_pool(service)), leftovers.since()
     busy, failed = threading.Event(), []
 
     def long_run():
@@ -160,6 +162,7 @@ def test_closing_the_service_fails_a_run_in_progress_at_once_and_stops_every_wor
     thread.join(timeout=30)
     assert len(failed) == 1 and re.fullmatch(r"the distributed pool was closed during run \d+", failed[0])
     assert still_there(old) == []
+    assert held and left_in_shared_memory(held) == []  # recorded while it ran: at teardown it is already closed
 
 
 # --- through the app's API ------------------------------------------------------------------------

@@ -130,7 +130,20 @@ def available_models() -> list[str]:
     return bundled + ["random-tiny", "random-wan2.1-1.3b", *HUB_PRESETS]
 
 
+# The real models in the order a GPU machine prefers them by default (the first one runnable).
+PREFERRED_PRESETS = ("self-forcing-1.3b", "longlive-1.3b", "causvid-1.3b", "rolling-forcing-1.3b")
+
+
 def default_model_name() -> str:
+    """On CUDA the first runnable real preset (downloaded, and fitting in memory); else, and on
+    the CPU, the bundled tiny-shapes. Asks no network and loads no weights."""
+    if torch.cuda.is_available():
+        from .checkpoints import HUB_PRESETS
+        from .hub_models import hub_preset_status
+
+        for name in PREFERRED_PRESETS:
+            if hub_preset_status(HUB_PRESETS[name], torch.device("cuda")).runnable:
+                return name
     return "tiny-shapes" if (WEIGHTS_ROOT / "tiny-shapes" / MODEL_CONFIG_FILE).exists() else "random-tiny"
 
 
