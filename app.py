@@ -46,8 +46,8 @@ REPLAY_SECONDS = 6.0  # the slower run is replayed over about this long (never f
 BACKENDS = {"pool": "distributed", "batched": "batched"}
 VARIANTS = ("causal", "joint")
 RUNS = ("serial", "cascade")
-# Warming up while Gradio starts made the first comparison 3.5x slower than later ones on a
-# 2-core box (both compete for the cores); warming up first serves the page later (bench_app).
+# Warming up while Gradio starts made the first comparison 4.7x slower than later ones on a
+# 2-core box (both compete for the cores); warming up first serves the page later (bench_app: 31 s, not 16 s).
 WARM_UP = "before"
 PLANNED_SETTINGS = slice(5, 9)  # window, stride, variant, recache among make_request's settings after the prompt
 
