@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -375,13 +376,17 @@ class Service:
         request.validate()
         with self._turn() as queued:
             request, model, plan = self._resolve(request)
-            result = self._run(request, model, self._executor(request, model), progress, on_block)
+            executor = self._executor(request, model)  # a request this backend cannot run leaves no folder
+            with StreamedVideos(self._folder(folder) if files else None, model.fps,
+                                {request.mode: "video.mp4"}, on_block) as videos:
+                result = self._run(request, model, executor, progress, videos.on_block)
             if request.mode == "cascade":
                 result.stats["plan"] = plan_figures(plan, request, model, self._plan_backend(request, model),
                                                     bwcache_cut(None, result.stats))
             result.stats["queued_s"] = queued
             if files:
-                result.files = write_generate_files(self._folder(folder), result, model.fps)
+                result.files = {**videos.files, **_write_data(videos.folder, {"frames.npy": result.frames},
+                                                              result.stats)}
         return result
 
     def compare(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
@@ -402,13 +407,21 @@ class Service:
             serial_executor = (LocalExecutor(self._local_device(), threads=cascade_executor.threads)
                                if request.executor == "distributed" else cascade_executor)
             half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
-            serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
-                               on_block)
-            cascade = self._run(request, model, cascade_executor, half(0.5), on_block)
-            stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
+            with StreamedVideos(self._folder(folder), model.fps, {run: f"{run}.mp4" for run in RUN_LABELS},
+                                on_block) as videos:
+                serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
+                                   videos.on_block)
+                cascade = self._run(request, model, cascade_executor, half(0.5), videos.on_block)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-by-side") as beside:
+                # encoded on the other core while the quality figures are computed
+                side_by_side = beside.submit(write_side_by_side_file, videos.folder, serial, cascade, model.fps)
+                stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
+                waited = time.perf_counter()
+                videos.files["side_by_side.mp4"] = side_by_side.result()
+            stats["files_s"] = {"videos": videos.closing_s + time.perf_counter() - waited}
             stats["queued_s"] = queued
             result = CompareResult(serial, cascade, metrics.json_safe(stats))
-            result.files = write_compare_files(self._folder(folder), result, model.fps)
+            result.files = write_compare_files(videos.folder, result, videos.files)
         return result
 
     def warm_up(self, request: GenerateRequest | None = None) -> None:
@@ -671,36 +684,66 @@ def view_scale(height: int) -> int:
     return max(1, 256 // height)
 
 
-def write_generate_files(folder: Path, result: GenerateResult, fps: float) -> dict[str, Path]:
-    from .video import write_mp4  # deferred: moviepy is slow to import
+class StreamedVideos:
+    """Each run's mp4 in ``folder``, written as the run hands its blocks on (``video.Mp4Writer``):
+    ``names`` maps a run ("serial", "cascade") to its file. ``on_block(run, block, frames, t)``
+    feeds the run's writer and then calls the caller's ``on_block``. Leaving the ``with`` block
+    finishes the files (``files``; ``closing_s``: how long that took beyond the runs). With no
+    folder, nothing is written and the caller's ``on_block`` is called as it is."""
 
-    files = {"video.mp4": write_mp4(result.frames, folder / "video.mp4", fps=fps,
-                                    scale=view_scale(result.frames.shape[1]))}
-    files.update(_write_data(folder, {"frames.npy": result.frames}, result.stats))
-    return files
+    def __init__(self, folder: Path | None, fps: float, names: dict[str, str], on_block=None):
+        self.folder, self.fps, self.names, self._on_block = folder, fps, names, on_block
+        self._writers: dict = {}
+        self.files: dict[str, Path] = {}
+        self.closing_s = 0.0
+
+    def on_block(self, run: str, block: int, frames: np.ndarray, t: float) -> None:
+        if self.folder is not None:
+            if run not in self._writers:
+                from .video import Mp4Writer  # deferred: moviepy is slow to import
+
+                self._writers[run] = Mp4Writer(self.folder / self.names[run], fps=self.fps,
+                                               scale=view_scale(frames.shape[1]))
+            self._writers[run].add(frames)
+        if self._on_block is not None:
+            self._on_block(run, block, frames, t)
+
+    def __enter__(self) -> "StreamedVideos":
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        started = time.perf_counter()
+        for run, writer in self._writers.items():
+            try:
+                self.files[self.names[run]] = writer.close()
+            except Exception:
+                if error_type is None:
+                    raise  # else the run's own error is the one to report; its files are not kept
+        self.closing_s = time.perf_counter() - started
 
 
-def write_compare_files(folder: Path, result: CompareResult, fps: float) -> dict[str, Path]:
-    """``serial.mp4``, ``cascade.mp4``, the labelled ``side_by_side.mp4``, both runs' frames
-    (``frames_serial.npy``, ``frames_cascade.npy``), ``timeline.json`` (every forward of both
-    runs: run, worker, block, step, start, end) and ``stats.json``."""
-    from .video import write_mp4, write_side_by_side
+def write_side_by_side_file(folder: Path, serial: GenerateResult, cascade: GenerateResult, fps: float) -> Path:
+    """The labelled ``side_by_side.mp4`` (each run under its name and latency)."""
+    from .video import write_side_by_side
 
+    labels = tuple(f"{RUN_LABELS[name]} {run.stats['latency_s']:.2f}s"
+                   for name, run in (("serial", serial), ("cascade", cascade)))
+    return write_side_by_side(serial.frames, cascade.frames, labels, folder / "side_by_side.mp4", fps=fps,
+                              scale=view_scale(serial.frames.shape[1]))
+
+
+def write_compare_files(folder: Path, result: CompareResult, videos: dict[str, Path]) -> dict[str, Path]:
+    """Beside the ``videos`` (``serial.mp4``, ``cascade.mp4``, the labelled ``side_by_side.mp4``):
+    both runs' frames (``frames_serial.npy``, ``frames_cascade.npy``), ``timeline.json`` (every
+    forward of both runs: run, worker, block, step, start, end) and ``stats.json``."""
     runs = {"serial": result.serial, "cascade": result.cascade}
-    scale = view_scale(result.serial.frames.shape[1])
     started = time.perf_counter()
-    files = {f"{name}.mp4": write_mp4(run.frames, folder / f"{name}.mp4", fps=fps, scale=scale)
-             for name, run in runs.items()}
-    labels = tuple(f"{RUN_LABELS[name]} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
-    files["side_by_side.mp4"] = write_side_by_side(result.serial.frames, result.cascade.frames, labels,
-                                                   folder / "side_by_side.mp4", fps=fps, scale=scale)
-    videos_s = time.perf_counter() - started
     timeline = [{"run": name, **entry} for name, run in runs.items() for entry in run.stats["timeline"]]
     timeline_path = folder / "timeline.json"
     timeline_path.write_text(json.dumps(timeline) + "\n")
-    files["timeline.json"] = timeline_path
     # what writing costs a visitor beyond the runs (the app's overhead, benchmarks/bench_app.py)
-    result.stats["files_s"] = {"videos": videos_s, "timeline": time.perf_counter() - started - videos_s}
+    result.stats["files_s"]["timeline"] = time.perf_counter() - started
+    files = {**videos, "timeline.json": timeline_path}
     files.update(_write_data(folder, {f"frames_{name}.npy": run.frames for name, run in runs.items()}, result.stats))
     return files
 

@@ -3,11 +3,12 @@
 Videos are numpy arrays of shape [T, H, W, 3], dtype uint8. Composition (upscaling, label
 banners, the separator) is done in numpy with Pillow drawing the text: Pillow's built-in font
 needs no font file on the system, so labels render the same on a laptop, in CI and on a Space.
-moviepy only encodes the finished frames.
+moviepy's ffmpeg writer encodes the frames, as they arrive (``Mp4Writer``).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,28 +56,74 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+# libx264's fastest preset: the three videos of a default comparison take 0.18 s instead of 0.54 s
+# with "medium", for files about 1.3x larger (35 KB, not 27 KB, for a 64x64 video shown at 256).
+X264_PRESET = "ultrafast"
+
+
+class Mp4Writer:
+    """An H.264 mp4 that browsers play (yuv420p), written as its frames arrive.
+
+    ``add(frames)`` queues frames [T, H, W, 3] uint8 (a block of a run, say) and returns at once:
+    a thread upscales them (nearest neighbour by ``scale``, padded to even sizes) and pipes them
+    to ffmpeg, which encodes in its own process. So a video fed block by block during a run is
+    done moments after the run's last block instead of being encoded after the run. ``close()``
+    waits for every frame to be written, finishes the file and returns its path (re-raising the
+    first error, if any); every ``add`` must have the first's frame size.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 8, scale: int = 1):
+        _validate_scale(scale)
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps!r}")
+        self.path, self.fps, self.scale = Path(path), fps, scale
+        self._ffmpeg = None
+        self._frame_shape: tuple[int, ...] | None = None
+        self._pending: list[Future] = []
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mp4")  # one: frames stay in order
+
+    def add(self, frames: np.ndarray) -> None:
+        validate_frames(frames)
+        if self._frame_shape is None:
+            self._frame_shape = frames.shape[1:]
+        elif frames.shape[1:] != self._frame_shape:
+            raise ValueError(f"frames of {self.path.name} must all be {self._frame_shape}, got {frames.shape[1:]}")
+        self._pending.append(self._thread.submit(self._write, frames))
+
+    def _write(self, frames: np.ndarray) -> None:
+        frames = pad_to_even(upscale(frames, self.scale))
+        if self._ffmpeg is None:
+            from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter  # deferred: importing moviepy is slow
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._ffmpeg = FFMPEG_VideoWriter(str(self.path), (frames.shape[2], frames.shape[1]), self.fps,
+                                              codec="libx264", preset=X264_PRESET,
+                                              threads=1)  # one core: it encodes beside a run's workers
+        for frame in frames:
+            self._ffmpeg.write_frame(frame)
+
+    def close(self) -> Path:
+        try:
+            for write in self._pending:
+                write.result()
+            if self._ffmpeg is None:
+                raise ValueError(f"no frames were added to {self.path.name}")
+        finally:
+            self._thread.shutdown()
+            if self._ffmpeg is not None:
+                self._ffmpeg.close()
+        return self.path
+
+
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 8, scale: int = 1) -> Path:
     """Encode `frames` [T, H, W, 3] uint8 as an H.264 mp4 that browsers play (yuv420p).
 
     `scale` upscales with nearest neighbour first (a 64×64 video wants about 4). The parent
     folder is created if missing. Returns the path written.
     """
-    from moviepy import ImageSequenceClip  # deferred: importing moviepy is slow
-
-    validate_frames(frames)
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
-    frames = pad_to_even(upscale(frames, scale))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clip = ImageSequenceClip(list(frames), fps=fps)
-    try:
-        clip.write_videofile(
-            str(path), fps=fps, codec="libx264", audio=False, logger=None, pixel_format="yuv420p"
-        )
-    finally:
-        clip.close()
-    return path
+    writer = Mp4Writer(path, fps=fps, scale=scale)
+    writer.add(frames)
+    return writer.close()
 
 
 def hold_last_frame(frames: np.ndarray, length: int) -> np.ndarray:

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from cascade.model.presets import load_model
-from cascade.service import FifoLock, GenerateRequest, Service
+from cascade.service import FifoLock, GenerateRequest, Service, view_scale
+from cascade.video import write_mp4
 from process_checks import alive
+from test_video import read_mp4
 
 SMALL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", blocks=3, steps=2, window=2,
                         stride=1, threads=1)
@@ -145,6 +147,21 @@ def test_compare_hands_on_both_runs_and_writes_every_file(service):
     assert result.stats["ideal_speedup"] == result.stats["plan"]["bound"]
     assert result.stats["tick_ratio"] == result.stats["serial"]["ticks"] / result.stats["cascade"]["ticks"]
     assert "analyzer" not in result.stats["quality"]  # random weights: the world's judge would be meaningless
+
+
+def test_videos_written_block_by_block_during_the_runs_equal_encoding_each_whole_video(service, tmp_path):
+    result = service.compare(SMALL)
+    for run in ("serial", "cascade"):
+        frames = getattr(result, run).frames
+        whole = write_mp4(frames, tmp_path / f"{run}.mp4", fps=load_model("random-tiny").fps, scale=view_scale(frames.shape[1]))
+        assert same_video(result.files[f"{run}.mp4"], whole)
+    single = service.generate(replace(SMALL, mode="serial"))
+    assert same_video(single.files["video.mp4"], result.files["serial.mp4"])
+
+
+def same_video(a, b) -> bool:
+    (size_a, frames_a), (size_b, frames_b) = read_mp4(a), read_mp4(b)
+    return size_a == size_b and np.array_equal(frames_a, frames_b)
 
 
 def test_compare_on_tiny_shapes_asks_the_models_world_for_its_verdict(service):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cascade.video import (
+    Mp4Writer,
     banner_height,
     hold_last_frame,
     pad_to_even,
@@ -67,6 +68,27 @@ def test_write_mp4_rejects_bad_scale_and_fps(tmp_path):
         write_mp4(solid(0), tmp_path / "x.mp4", scale=0)
     with pytest.raises(ValueError, match="fps"):
         write_mp4(solid(0), tmp_path / "x.mp4", fps=0)
+
+
+def test_mp4_written_block_by_block_equals_the_whole_video_encoded_at_once(tmp_path):
+    video = np.concatenate([solid(colour, frames=3, height=10, width=6) for colour in ((250, 0, 0), (0, 250, 0), (0, 0, 250))])
+    writer = Mp4Writer(tmp_path / "blocks.mp4", fps=8, scale=3)
+    for start in range(0, 9, 3):
+        writer.add(video[start:start + 3])
+    size, frames = read_mp4(writer.close())
+    assert (size, frames.shape[0]) == ((18, 30), 9)
+    assert np.array_equal(frames, read_mp4(write_mp4(video, tmp_path / "whole.mp4", fps=8, scale=3))[1])
+    assert [tuple(np.argmax(frames[i].mean(axis=(0, 1))) for i in (0, 3, 6))] == [(0, 1, 2)]
+
+
+def test_mp4_writer_refuses_a_second_frame_size_and_an_empty_video(tmp_path):
+    writer = Mp4Writer(tmp_path / "a.mp4")
+    writer.add(solid(0, height=8, width=8))
+    with pytest.raises(ValueError, match=r"must all be \(8, 8, 3\), got \(8, 10, 3\)"):
+        writer.add(solid(0, height=8, width=10))
+    writer.close()
+    with pytest.raises(ValueError, match="no frames were added to b.mp4"):
+        Mp4Writer(tmp_path / "b.mp4").close()
 
 
 def test_upscale_is_nearest_neighbour():
