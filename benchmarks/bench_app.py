@@ -1,20 +1,21 @@
 """The app's own cost: how long ``python app.py`` takes to serve its page, and how much a
 comparison through the app costs beyond the two runs it contains.
 
-    python -m benchmarks.bench_app [--runs 5] [--prompt TEXT] [--out benchmarks/results]
+    python -m benchmarks.bench_app [--runs 5] [--prompt TEXT] [--warm-up before|background] [--out DIR]
 
 Starts ``python app.py`` on a free port (its default settings: on a CPU box a pool with one
 worker per core) and times it until the page answers (time to serve). Then N default
-comparisons go through ``gradio_client``, one after another; the first also waits for the
-warm-up the app runs in the background, so it is reported apart. For each comparison: the
-client's wall time (request sent to all three videos downloaded), the two runs' latencies from
-its stats, and the overhead = wall time - (serial latency + cascade latency): text encoding,
-decoding, quality figures and files in the service, plus Gradio's queue, transfer and the
-client's downloads. Writes ``bench_app.json`` and ``bench_app.md`` under ``--out``. No timing is
-asserted anywhere: run it alone on a quiet machine.
+comparisons go through ``gradio_client``, one after another, the first sent the moment the page
+answers (so it also waits for whatever warm-up is left; it is reported apart). For each: the
+client's wall time until the result is there, the two runs' latencies from its stats, the
+overhead = wall time - (serial latency + cascade latency), broken down into the Service's parts
+(text encoding, decoding, quality figures, finishing the videos) and Gradio's own round trip
+for the same result (an endpoint in this process that returns the last comparison's result at
+once, median of 5), and then the client's download of the three videos. Writes
+``bench_app.json`` and ``bench_app.md`` under ``--out``. No timing is asserted anywhere: run it
+alone on a quiet machine.
 """
 
-from __future__ import annotations
 
 import argparse
 import json
@@ -75,10 +76,14 @@ def stop_app(process: subprocess.Popen) -> None:
 
 def one_comparison(client, prompt: str) -> dict:
     started = time.perf_counter()
-    _, _, _, stats = client.predict(prompt, api_name="/compare")
+    *videos, stats = client.predict(prompt, api_name="/compare")
     wall = time.perf_counter() - started
     latencies = stats["serial"]["latency_s"] + stats["cascade"]["latency_s"]
-    return {"wall_s": wall, "serial_latency_s": stats["serial"]["latency_s"],
+    started = time.perf_counter()
+    for video in videos:
+        httpx.get(video["url"], timeout=30).raise_for_status()
+    return {"wall_s": wall, "downloads_s": time.perf_counter() - started, "videos": [v["path"] for v in videos],
+            "stats": stats, "serial_latency_s": stats["serial"]["latency_s"],
             "cascade_latency_s": stats["cascade"]["latency_s"], "overhead_s": wall - latencies,
             "queued_s": stats["queued_s"], "speedup": stats["speedup"], "ideal_speedup": stats["ideal_speedup"],
             "share_of_bound": stats["speedup"] / stats["ideal_speedup"], "plan": stats["plan"]["summary"],
@@ -91,9 +96,50 @@ def one_comparison(client, prompt: str) -> dict:
             "steps": stats["cascade"]["steps"]}
 
 
+def gradio_round_trip(result: dict, calls: int = 5) -> float:
+    """Median seconds, through the same kind of client, for an endpoint of the app's shape (three
+    videos and the stats) that returns ``result``'s own files and stats at once: Gradio's queue,
+    postprocessing and transfer, which no app code can avoid."""
+    import tempfile
+
+    import gradio as gr
+    from gradio_client import Client
+
+    with tempfile.TemporaryDirectory() as folder:
+        def compare(prompt: str) -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
+            copies = []
+            for index, video in enumerate(result["videos"]):
+                copies.append(Path(tempfile.mkdtemp(dir=folder)) / f"{index}.mp4")
+                copies[-1].write_bytes(Path(video).read_bytes())  # a fresh file each call, as the app's are
+            return (*(gr.FileData(path=str(path)) for path in copies), result["stats"])
+
+        with gr.Blocks() as demo:
+            gr.api(compare, api_name="compare")
+        demo.launch(prevent_thread_lock=True, allowed_paths=[folder], server_name="127.0.0.1", server_port=free_port())
+        try:
+            client = Client(demo.local_url, verbose=False, download_files=False)
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                client.predict("", api_name="/compare")
+                times.append(time.perf_counter() - started)
+        finally:
+            demo.close()
+    return statistics.median(times)
+
+
 def summary(rows: list[dict], key: str) -> dict:
     values = [row[key] for row in rows]
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+OVERHEAD_PARTS = (("text_s", "… text encoding (both runs)"),
+                  ("decode_s", "… decoding (both runs; in part during the forwards)"),
+                  ("quality_s", "… quality figures (the side-by-side video encodes meanwhile)"),
+                  ("videos_s", "… finishing the videos (beyond the runs and the quality figures)"),
+                  ("timeline_s", "… writing timeline.json"),
+                  ("gradio_s", "… Gradio's queue, postprocessing and transfer (the same result from an endpoint that does nothing)"),
+                  ("rest_s", "… the rest: the app's code, the Service's stats and data files"))
 
 
 def markdown(report: dict) -> str:
@@ -101,19 +147,18 @@ def markdown(report: dict) -> str:
     first = report["first"]
     setting = report["runs"][0]
     lines = [f"App (`python app.py`, default settings: {setting['executor']} executor, {setting['workers']} workers, "
-             f"{setting['blocks']} blocks × {setting['steps']} steps), {len(report['runs']) - 1} comparisons after "
-             f"the first, through gradio_client:", "",
+             f"{setting['blocks']} blocks × {setting['steps']} steps; warm-up: {report['warm_up']}), "
+             f"{len(report['runs']) - 1} comparisons after the first, through gradio_client:", "",
              "| figure | median | min | max |", "|---|---|---|---|",
              f"| time to serve the page | {report['serve_s']:.1f} s | | |",
-             f"| first comparison (waits for the warm-up) | {first['wall_s']:.2f} s | | |"]
+             f"| first comparison, sent the moment the page answers | {first['wall_s']:.2f} s | | |"]
     if steady:
-        for key, label in (("wall_s", "comparison, client wall time"),
-                           ("serial_latency_s", "serial latency"), ("cascade_latency_s", "cascade latency"),
-                           ("overhead_s", "app overhead (wall − both latencies)"),
-                           ("text_s", "… of which text encoding (both runs)"), ("decode_s", "… decoding (both runs; in part during the forwards)"),
-                           ("quality_s", "… quality figures"), ("videos_s", "… writing the three mp4s"),
-                           ("timeline_s", "… writing timeline.json"),
-                           ("rest_s", "… the rest: previews, stats, Gradio's queue, file copies and downloads")):
+        rows = [("wall_s", "comparison, client wall time until the result"),
+                ("serial_latency_s", "serial latency"), ("cascade_latency_s", "cascade latency"),
+                ("overhead_s", "overhead (wall − both latencies)"), *OVERHEAD_PARTS,
+                ("app_overhead_s", "the app's own overhead (overhead − Gradio's round trip)"),
+                ("downloads_s", "then downloading the three videos (the client)")]
+        for key, label in rows:
             s = steady[key]
             lines.append(f"| {label} | {s['median']:.2f} s | {s['min']:.2f} s | {s['max']:.2f} s |")
         for key, label in (("speedup", "speedup (serial on 1 core ÷ cascade on the pool)"),
@@ -151,19 +196,21 @@ def main(argv: list[str] | None = None) -> dict:
     port = free_port()
     process, serve_s = start_app(port, args.warm_up)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         runs = [one_comparison(client, args.prompt) for _ in range(args.runs + 1)]
+        gradio_s = gradio_round_trip(runs[-1])  # while the app still serves the files
     finally:
         stop_app(process)
     for run in runs:
-        run["rest_s"] = run["overhead_s"] - sum(run[k] for k in ("text_s", "decode_s", "quality_s", "videos_s",
-                                                                   "timeline_s"))
+        del run["stats"], run["videos"]
+        run["gradio_s"] = gradio_s
+        run["rest_s"] = run["overhead_s"] - sum(run[key] for key, _ in OVERHEAD_PARTS if key != "rest_s")
+        run["app_overhead_s"] = run["overhead_s"] - gradio_s
     steady = runs[1:]
+    keys = ("wall_s", "serial_latency_s", "cascade_latency_s", "overhead_s", *(key for key, _ in OVERHEAD_PARTS),
+            "app_overhead_s", "downloads_s", "speedup", "share_of_bound")
     report = {"warm_up": args.warm_up or "app default", "serve_s": serve_s, "first": runs[0], "runs": runs,
-              "steady": {key: summary(steady, key) for key in ("wall_s", "serial_latency_s", "cascade_latency_s",
-                                                               "overhead_s", "text_s", "decode_s", "quality_s", "videos_s",
-                                                               "timeline_s", "rest_s", "speedup", "share_of_bound")}
-              if steady else {},
+              "steady": {key: summary(steady, key) for key in keys} if steady else {},
               "machine": machine()}
     write_report(args.out, "bench_app", report, markdown(report))
     return report

@@ -42,6 +42,7 @@ import torch.multiprocessing as mp
 from ..schedule import Schedule
 from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
+from .fork_server import start_fork_server
 from .local import torch_threads
 from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_joint
 
@@ -234,7 +235,7 @@ class DistributedExecutor:
 
     def _start(self) -> None:
         context = mp.get_context("forkserver")
-        context.set_forkserver_preload([__name__, type(self.loader).__module__])
+        start_fork_server((__name__, type(self.loader).__module__))
         backend = "nccl" if self.device == "cuda" else "gloo"
         # The pool exists before its first process does, so that a start broken off part-way stops
         # the processes it started.
