@@ -21,12 +21,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocks", type=int, default=R.blocks,
                         help="video length in blocks of 3 latent frames (default: the model's; 8 for tiny-shapes)")
     parser.add_argument("--steps", type=int, default=R.steps, help="denoising steps per block (default: the model's)")
-    parser.add_argument("--window", type=int, default=R.window, help="cascade: blocks in flight at once (default 4)")
+    parser.add_argument("--window", type=int, default=R.window,
+                        help="cascade: blocks in flight at once (default: planned for the backend and the steps; "
+                             "the stats say which plan ran and why)")
     parser.add_argument("--stride", type=int, default=R.stride,
-                        help="cascade: steps a block runs before the next starts (default: a quarter of the steps, at least 2, "
-                             "which keeps serial quality; 1 is fastest, see BENCHMARKS.md)")
+                        help="cascade: steps a block runs before the next starts (default: planned, as --window; "
+                             "1 is fastest, see BENCHMARKS.md)")
     parser.add_argument("--no-recache", dest="recache", action="store_const", const=False, default=R.recache,
-                        help="skip the clean K/V rewrite after each block")
+                        help="skip the clean K/V rewrite after each block (default: planned)")
     parser.add_argument("--joint", action="store_const", const=True, default=R.joint,
                         help="cascade: denoise the blocks in flight in one forward, attending to each other")
     parser.add_argument("--executor", choices=EXECUTORS, default=R.executor,

@@ -69,16 +69,18 @@ class Plan:
 # --- bounds --------------------------------------------------------------------------------
 
 
+def busiest_worker(tick, workers: int) -> int:
+    """The most items of ``tick`` that one worker of a pool of ``workers`` owns (block b on worker b mod W)."""
+    owned = [0] * workers
+    for item in tick:
+        owned[item.block % workers] += 1
+    return max(owned)
+
+
 def pool_forwards(schedule: Schedule, workers: int) -> int:
     """Forwards one after another on a pool of ``workers`` with free communication: per tick, the
-    most items one worker owns (block b on worker b mod W)."""
-    total = 0
-    for tick in schedule.ticks:
-        owned = [0] * workers
-        for item in tick:
-            owned[item.block % workers] += 1
-        total += max(owned)
-    return total
+    most items one worker owns."""
+    return sum(busiest_worker(tick, workers) for tick in schedule.ticks)
 
 
 def run_cost(schedule: Schedule, backend: PlanBackend, joint: bool = False) -> float:
@@ -117,8 +119,7 @@ def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: 
     where = f"on {backend.describe()}"
     line = f"{plan.name} {where}: {schedule.num_ticks} ticks, at most {bound_value:.2f}× here"
     if backend.executor == "distributed":
-        busiest = max(max(sum(1 for i in tick if i.block % backend.workers == w) for w in range(backend.workers))
-                      for tick in schedule.ticks)
+        busiest = max(busiest_worker(tick, backend.workers) for tick in schedule.ticks)
         return line + (", one item per worker per tick" if busiest == 1 else
                        f", up to {busiest} items of one worker in a tick (the window is wider than the workers)")
     if backend.executor == "batched" or plan.joint:

@@ -630,7 +630,7 @@ def plan_figures(plan: Plan, request: GenerateRequest, model: CascadeModel, back
                "executor": backend.executor, "workers": backend.workers, "ticks": schedule.num_ticks,
                "bound": reach, "tick_ratio": tick_ratio(serial, schedule), "bwcache_cut": cut, "reason": plan.reason,
                "summary": describe(plan, schedule, backend, reach), "assumes": assumptions(backend, cut != 1.0)}
-    if backend.forward_seconds is not None and hasattr(backend.forward_seconds, "as_dict"):
+    if isinstance(backend.forward_seconds, ForwardCosts):  # the costs measured on this service's device
         figures["forward_ms"] = backend.forward_seconds.as_dict()
     return figures
 
