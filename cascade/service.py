@@ -42,8 +42,7 @@ from .model.presets import (CascadeModel, PresetLoader, available_models, defaul
                              preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
 from .plan import Plan, PlanBackend, assumptions, bound, choose_plan, describe, tick_ratio
-from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule
-from .schedule import parse_prompt_schedule  # noqa: F401 - the text form's parser, for callers of this door (the app)
+from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule, parse_prompt_schedule
 
 MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
@@ -232,6 +231,96 @@ class GenerateRequest:
         return make_schedule(self.blocks, self.steps, window=self.window, stride=self.stride, recache=self.recache)
 
 
+# --- what a public page (or its API) sends ---------------------------------------------------------
+# A form's settings, checked in one place before they become a request: any JSON value may
+# arrive, of any length, so each check names the setting and quotes the value cut short (reprlib).
+
+FORM_BACKENDS = {"pool": "distributed", "batched": "batched"}  # a form's backend -> the request's executor
+VARIANTS = ("causal", "joint")
+FORM_SEED_MAX = 2**31 - 1  # a form's seed box (and a browser's random seed)
+THRESHOLD_MAX = 1.0  # a form's BWCache threshold
+
+
+def whole(name: str, value, low: int, high: int) -> int:
+    """A setting that must be a whole number in [low, high]; ValueError with one clear line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not value.is_integer()):  # NaN and infinities are not whole either
+        raise ValueError(f"{name} must be a whole number, got {reprlib.repr(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {reprlib.repr(int(value))}")
+    return int(value)
+
+
+def flag(name: str, value) -> bool:
+    """A setting that must be true or false (a checkbox); "false" or 0 from an API client are not."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {reprlib.repr(value)}")
+    return value
+
+
+def one_of(name: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {reprlib.repr(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a public page offers on a Service (``Service.offer``): its default request (every
+    setting concrete), the presets that can run here, those that cannot (with what they need, on
+    one line), the most workers, and the Service's bounds on blocks and steps (``Limits``)."""
+
+    defaults: GenerateRequest
+    runnable: tuple[str, ...]
+    unavailable: tuple[tuple[str, str], ...]
+    max_workers: int
+    max_blocks: int
+    max_steps: int
+
+    def preset(self, preset) -> str:
+        """A preset on offer; only these names reach the service (never a path)."""
+        if isinstance(preset, str) and preset in self.runnable:
+            return preset
+        needs = dict(self.unavailable).get(preset) if isinstance(preset, str) else None
+        raise ValueError(f"the preset {preset!r} cannot run here: it needs {needs}" if needs else
+                         f"unknown preset {reprlib.repr(preset)}; choose one of {', '.join(self.runnable)}")
+
+    def request(self, prompt, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache,
+                threshold, seed, prompt_schedule="") -> GenerateRequest:
+        """The comparison a form's (or an API call's) settings describe; ValueError, one line, for
+        anything a run could not take. A ``prompt_schedule`` (its text form, one ``block: prompt``
+        per line) replaces the prompt. ``window``, ``stride``, ``variant`` and ``recache`` left
+        None are planned by the service for the request's own steps and backend."""
+        if not isinstance(prompt_schedule, str):
+            raise ValueError(f"the prompt schedule must be text, got {reprlib.repr(prompt_schedule)}")
+        schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule.strip() else None
+        if schedule is not None:
+            prompt = ""
+        elif prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moving right'")
+        preset = self.preset(preset)
+        backend = one_of("backend", backend, FORM_BACKENDS)
+        variant = None if variant is None else one_of("variant", variant, VARIANTS)
+        recache = None if recache is None else flag("recache", recache)
+        bwcache = flag("bwcache", bwcache)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= THRESHOLD_MAX:
+            raise ValueError(f"the BWCache threshold must be a number from 0 to {THRESHOLD_MAX}, "
+                             f"got {reprlib.repr(threshold)}")
+        request = GenerateRequest(  # a stride beyond the items per block is refused once the model is known
+            prompt=prompt, prompt_schedule=schedule, mode="cascade", model=preset,
+            blocks=whole("blocks", blocks, 1, self.max_blocks), steps=whole("steps", steps, 1, self.max_steps),
+            window=None if window is None else whole("window", window, 1, self.max_blocks),
+            stride=None if stride is None else whole("stride", stride, 1, self.max_steps + 1),
+            recache=recache, joint=None if variant is None else variant == "joint", executor=FORM_BACKENDS[backend],
+            workers=whole("workers", workers, 1, self.max_workers), seed=whole("seed", seed, 0, FORM_SEED_MAX),
+            # a pool's workers keep the default's threads each (one core each on a CPU box); one device
+            # batched uses all of it, as the service's own one-device default does
+            threads=self.defaults.threads if backend == "pool" else None,
+            bwcache=bwcache, bwcache_threshold=float(threshold), kv_exchange=self.defaults.kv_exchange)
+        request.validate()
+        return request
+
+
 @dataclass
 class GenerateResult:
     frames: np.ndarray  # uint8 [T, H, W, 3]
@@ -343,6 +432,20 @@ class Service:
             return GenerateRequest(prompt=prompt, mode="cascade", executor="batched")
         return GenerateRequest(prompt=prompt, mode="cascade", executor="distributed", workers=workers,
                                threads=None if self.device == "cuda" else 1)
+
+    def offer(self, defaults: GenerateRequest) -> Offer:
+        """What a public page offers on this Service, ``defaults`` made concrete for its model
+        (loading it, in turn); ValueError unless the Service bounds blocks and steps and takes
+        presets only (``Limits``)."""
+        if self.limits.blocks is None or self.limits.steps is None or self.limits.model_paths:
+            raise ValueError("a public page needs a Service with bounds on blocks and steps and no model paths "
+                             "(cascade.service.Limits)")
+        presets = self.presets()
+        request = self.resolve(replace(defaults, mode="cascade"))
+        # what a preset needs, on one line: a page's messages are one line (the rest names files to fetch)
+        return Offer(defaults=request, runnable=tuple(p["name"] for p in presets if p["runnable"]),
+                     unavailable=tuple((p["name"], p["needs"].splitlines()[0]) for p in presets if not p["runnable"]),
+                     max_workers=max(2, request.workers), max_blocks=self.limits.blocks, max_steps=self.limits.steps)
 
     def presets(self) -> list[dict]:
         """Every model a request may name: ``{"name", "runnable", "needs"}``; ``needs`` says why

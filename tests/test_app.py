@@ -2,38 +2,48 @@
 the launched page, and a real browser (Playwright driving Debian's Chromium) on the same page.
 
 The launched app is the real one: ``build_demo`` with the machine's default settings (on this CPU
-box a pool with one worker per core); API calls pass small settings to stay quick. The browser
-test saves its screenshot under pytest's tmp folder, and into the repository when asked:
+box a pool with one worker per core), warmed up as ``python app.py`` does; API calls pass small
+settings to stay quick. Expected values are the README's. The browser test saves its screenshot
+under pytest's tmp folder, and into the repository when asked:
 
     CASCADE_SCREENSHOT=docs/screenshot.png python -m pytest tests/test_app.py -k browser
 """
 
 import math
 import os
+import re
 import shutil
+import threading
+import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import imageio_ffmpeg
 import pytest
 
 import app
-from cascade.service import MAX_PROMPT_CHARS, GenerateRequest, Service
+from cascade.schedule import make_schedule
+from cascade.service import MAX_PROMPT_CHARS, GenerateRequest, Limits, Offer, Service
 from cascade.toy.data import COLOURS, MOTIONS, SHAPES, parse_prompt, training_vocabulary, words
-from demo_support import free_port
+from demo_support import DEFAULTS, free_port
 
 SMALL = dict(blocks=3)  # API calls: short videos on the page's default backend
 BROWSER_PROMPT = "a shiny red ball rolling to the right"  # "shiny" and "rolling" are unknown words
+README = Path(__file__).parent.parent / "README.md"
+CORES = len(os.sched_getaffinity(0))
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app with this machine's defaults, launched on a free port: (demo, url, service)."""
     with Service(output_root=tmp_path_factory.mktemp("app-outputs"), ttl_s=3600) as service:
-        demo = app.build_demo(service)
+        demo = app.build_demo(service, warm_up_in_background=app.WARM_UP == "background")
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
-                            quiet=True, **app.launch_options(service))
+                    quiet=True, **app.launch_options(service))
         try:
             yield demo, demo.local_url, service
         finally:
@@ -47,34 +57,38 @@ def client(served):
     return Client(served[1], verbose=False)
 
 
-def choices(**changes) -> app.Choices:
-    """Page choices without a Service: the default request of a two-core CPU box."""
+def offer(**changes) -> Offer:
+    """What a page offers without a Service: the default request of a two-core CPU box."""
     defaults = GenerateRequest(prompt="a red circle moving right", mode="cascade", model="tiny-shapes", blocks=8,
                                steps=4, window=4, stride=2, recache=True, joint=False, executor="distributed",
                                workers=2, threads=1)
-    return app.Choices(**{"defaults": defaults, "runnable": ("tiny-shapes", "random-tiny"),
-                          "unavailable": (("self-forcing-1.3b", "a CUDA GPU and the Wan2.1 checkpoints"),),
-                          "max_workers": 2, "max_blocks": 16, "max_steps": 32, **changes})
+    return Offer(**{"defaults": defaults, "runnable": ("tiny-shapes", "random-tiny"),
+                    "unavailable": (("self-forcing-1.3b", "a CUDA GPU and the Wan2.1 checkpoints"),),
+                    "max_workers": 2, "max_blocks": 16, "max_steps": 32, **changes})
 
 
 def page_values(**changes) -> list:
-    """The page's inputs after the prompt, in make_request's order."""
+    """The page's inputs after the prompt, in Offer.request's order."""
     values = dict(preset="tiny-shapes", blocks=8, steps=4, backend="pool", workers=2, window=4, stride=2,
                   variant="causal", recache=True, bwcache=False, threshold=0.15, seed=0)
     values.update(changes)
     return list(values.values())
 
 
+def component(demo: gr.Blocks, elem_id: str):
+    return next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
 # --- settings and messages ----------------------------------------------------------------------
 
 
 def test_page_settings_make_the_request_they_show():
-    request = app.make_request(choices(), "a red circle", *page_values(backend="batched", variant="joint",
-                                                                       bwcache=True, threshold=0.3, seed=7.0))
+    request = offer().request("a red circle", *page_values(backend="batched", variant="joint", bwcache=True,
+                                                           threshold=0.3, seed=7.0))
     assert (request.executor, request.joint, request.bwcache, request.bwcache_threshold, request.seed) == \
         ("batched", True, True, 0.3, 7)
     assert (request.blocks, request.steps, request.window, request.stride, request.threads) == (8, 4, 4, 2, None)
-    pooled = app.make_request(choices(), "a red circle", *page_values())
+    pooled = offer().request("a red circle", *page_values())
     assert (pooled.executor, pooled.workers, pooled.joint, pooled.threads) == ("distributed", 2, False, 1)
 
 
@@ -83,7 +97,7 @@ def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_
     the service plans them for the request's steps: at 16 steps on 2 one-core workers W2 s3, the
     model table's fastest within 2 points of serial (not the page's 4-step stride)."""
     unset = dict(window=None, stride=None, variant=None, recache=None)
-    request = app.make_request(choices(), "a red circle", *page_values(steps=16, **unset))
+    request = offer().request("a red circle", *page_values(steps=16, **unset))
     assert (request.window, request.stride, request.joint, request.recache) == (None, None, None, None)
     service = served[2]
     planned = service.resolve(replace(request, workers=2, threads=1))
@@ -99,7 +113,6 @@ def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_
     ("a red circle", {"blocks": 99}, "blocks must be between 1 and 16, got 99"),
     ("a red circle", {"steps": 2.5}, "steps must be a whole number, got 2.5"),
     ("a red circle", {"workers": 3}, "workers must be between 1 and 2, got 3"),
-    ("a red circle", {"stride": 6}, "stride must be at most the items per block (4 steps + recache), got 6"),
     ("a red circle", {"preset": "self-forcing-1.3b"}, "cannot run here: it needs a CUDA GPU"),
     ("a red circle", {"preset": "nope"}, "unknown preset 'nope'; choose one of tiny-shapes, random-tiny"),
     ("a red circle", {"threshold": -0.1}, "the BWCache threshold must be a number from 0 to 1.0, got -0.1"),
@@ -109,9 +122,16 @@ def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_
 ])
 def test_bad_settings_get_one_clear_line(prompt, changes, message):
     with pytest.raises(ValueError) as raised:
-        app.make_request(choices(), prompt, *page_values(**changes))
+        offer().request(prompt, *page_values(**changes))
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_a_stride_beyond_the_items_per_block_is_refused_once_the_model_is_known(served):
+    request = offer().request("a red circle", *page_values(stride=6))
+    with pytest.raises(ValueError, match=re.escape("stride must be at most the items per block "
+                                                   "(4 steps + recache = 5), got 6") + "$"):
+        served[2].resolve(request)
 
 
 def test_examples_show_the_whole_bundled_world():
@@ -127,32 +147,59 @@ def test_examples_show_the_whole_bundled_world():
     assert len(set(prompts)) == len(prompts)
 
 
-def test_timeline_gives_a_row_per_worker_and_a_lane_per_batched_item():
-    def run(entries):
-        return {"timeline": [dict(zip(("block", "step", "worker", "start", "end"), e)) for e in entries], "switches": []}
-
-    stats = {"serial": run([(0, 0, 0, 0.0, 0.1), (0, "recache", 0, 0.1, 0.2), (1, 0, 0, 0.2, 0.3)]),
-             "cascade": run([(0, 0, 0, 0.0, 0.1), (1, 0, 1, 0.05, 0.15), (2, 0, 1, 0.05, 0.15)])}
-    figure = app.timeline_figure(stats)
-    rows = list(figure.layout.yaxis.categoryarray)
-    assert rows == ["Serial (block-causal) · worker 0", "Block Cascading · worker 0",
-                    "Block Cascading · worker 1", "Block Cascading · worker 1 (2)"]
-    by_block = {trace.name: trace for trace in figure.data}
-    assert list(by_block["block 0"].text) == ["0", "R", "0"]
-    assert list(by_block["block 0"].base) == [0.0, 0.1, 0.0]
-    assert list(by_block["block 2"].y) == ["Block Cascading · worker 1 (2)"]
+# --- what the README promises of the page -------------------------------------------------------------
 
 
-def test_presets_that_cannot_run_here_are_listed_with_what_they_need():
-    note = app.presets_note(choices())
-    assert "**self-forcing-1.3b** (needs a CUDA GPU and the Wan2.1 checkpoints)" in note
-    assert "a worker pool of 2 workers, 1 thread each, 8 blocks × 4 steps" in note
+def slider_ends(demo: gr.Blocks) -> dict:
+    return {name: component(demo, name).maximum for name in ("blocks", "steps", "window", "stride")}
 
 
-def test_user_text_is_shown_escaped():
-    assert "&lt;script&gt;" in app.unknown_note(["<script>"])
-    assert app.unknown_note([]) == ""
-    assert app.escape_markdown("<b>*x*</b>") == "&lt;b&gt;\\*x\\*&lt;/b&gt;"
+def test_sliders_end_at_the_services_bounds(served, tmp_path):
+    """README: at most 16 blocks and 32 steps, the Service's; the page's sliders end there (a
+    stride may reach the steps + recache), and follow another Service's bounds."""
+    assert slider_ends(served[0]) == {"blocks": 16, "steps": 32, "window": 16, "stride": 33}
+    with Service(output_root=tmp_path, device="cpu", limits=Limits(blocks=3, steps=2)) as bounded:
+        demo = app.build_demo(bounded, defaults=DEFAULTS, warm_up_in_background=False)
+    assert slider_ends(demo) == {"blocks": 3, "steps": 2, "window": 3, "stride": 3}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(blocks=17), "blocks must be between 1 and 16, got 17"),  # the README's example
+    (dict(steps=33), "steps must be between 1 and 32, got 33"),
+])
+def test_the_page_refuses_beyond_the_bounds_with_one_line(served, changes, message):
+    """The page's own handler (Compare and Enter), as the browser calls it, with the plan box ticked."""
+    run_page = next(fn.fn for fn in served[0].fns.values() if fn.name == "run_page")
+    with pytest.raises(gr.Error) as raised:
+        next(run_page("a red circle", "", True, *page_values(**changes)))
+    assert raised.value.message == message
+
+
+def test_queue_holds_16_and_gradios_copies_go_after_an_hour(served):
+    """README: at most ``QUEUE_SIZE`` = 16 wait; output folders, and Gradio's copies of their
+    files, are deleted after an hour (Gradio sweeps every ``CACHE_SWEEP_S`` for files that old)."""
+    demo = served[0]
+    assert app.QUEUE_SIZE == 16 and demo._queue.max_size == 16
+    assert app.OUTPUT_TTL_S == 3600 and demo.delete_cache == (app.CACHE_SWEEP_S, 3600)
+
+
+def test_python_app_py_keeps_files_an_hour_and_warms_up_before_serving(monkeypatch):
+    """``main`` as ``python app.py [--warm-up ...]`` runs it, up to the page's launch."""
+    built = []
+
+    class Page:
+        def launch(self, **options):
+            built[-1]["allowed_paths"] = options["allowed_paths"]
+
+    def build_demo(service, warm_up_in_background):
+        built.append({"ttl_s": service.ttl_s, "background": warm_up_in_background, "root": str(service.output_root)})
+        return Page()
+
+    monkeypatch.setattr(app, "build_demo", build_demo)
+    app.main([])
+    app.main(["--warm-up", "background"])
+    assert [(b["ttl_s"], b["background"]) for b in built] == [(3600, False), (3600, True)]
+    assert all(b["allowed_paths"] == [b["root"]] for b in built)
 
 
 # --- the launched app through gradio_client ----------------------------------------------------
@@ -166,27 +213,51 @@ def assert_playable_mp4(path: str, frames: int) -> None:
     assert decoded == frames
 
 
+def assert_honest_figures(stats: dict) -> None:
+    """README: the speedup is measured, serial's latency over the cascade's; the ideal is the
+    bound of the plan that ran, on a pool serial's forwards over the sum across ticks of the most
+    items one worker has (block b on worker b mod W), here rebuilt from the plan's knobs."""
+    serial, cascade, plan = stats["serial"], stats["cascade"], stats["plan"]
+    assert stats["speedup"] == serial["latency_s"] / cascade["latency_s"]
+    schedule = make_schedule(cascade["blocks"], cascade["steps"], window=plan["window"], stride=plan["stride"],
+                             recache=plan["recache"])
+    assert schedule.num_ticks == cascade["ticks"]
+    busiest = sum(max(Counter(item.block % cascade["workers"] for item in tick).values()) for tick in schedule.ticks)
+    assert stats["ideal_speedup"] == len(serial["timeline"]) / busiest
+    assert stats["tick_ratio"] == serial["ticks"] / cascade["ticks"]
+
+
 def test_compare_api_returns_two_playable_videos_and_honest_stats(served, client):
+    if CORES < 2:
+        pytest.skip("the page's default is a pool (README) only with two cores or more")
     serial, cascade, side_by_side, stats = client.predict(BROWSER_PROMPT, seed=3, api_name="/compare", **SMALL)
     assert_playable_mp4(serial, stats["serial"]["frames"])
     assert_playable_mp4(cascade, stats["cascade"]["frames"])
     assert_playable_mp4(side_by_side, stats["serial"]["frames"])
-    assert stats["speedup"] == pytest.approx(stats["serial"]["latency_s"] / stats["cascade"]["latency_s"])
-    assert stats["ideal_speedup"] == pytest.approx(stats["plan"]["bound"])
-    assert stats["tick_ratio"] == pytest.approx(stats["serial"]["ticks"] / stats["cascade"]["ticks"])
+    # README: by default a pool with one worker per CPU core, one thread each
+    assert (stats["cascade"]["executor"], stats["cascade"]["workers"], stats["cascade"]["threads"]) == \
+        ("distributed", CORES, 1)
+    assert_honest_figures(stats)
     assert stats["serial"]["blocks"] == 3 and stats["serial"]["seed"] == 3
-    assert stats["cascade"]["executor"] == served[2].default_request().executor  # the page's default backend
     assert set(stats["cascade"]["unknown_words"]) == {"shiny", "rolling"}
     assert set(stats["quality"]["analyzer"]["serial"]) >= {"colour", "shape", "motion"}
 
 
-def test_readme_api_example_runs(served, capsys):
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = readme.split("## The app", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert len(example.strip().splitlines()) == 3
-    exec(example.replace("http://127.0.0.1:7860/", served[1]), {})
-    speedup, ideal = capsys.readouterr().out.strip().splitlines()[-1].split()[:2]  # after "Loaded as API"
-    assert float(speedup) > 0 and float(ideal) >= 1
+def test_readme_api_example_prints_the_comparisons_figures(served, capsys):
+    if CORES < 2:
+        pytest.skip("the page's default is a pool (README) only with two cores or more")
+    example = README.read_text().split("## The app", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    names = {}
+    exec(example.replace("http://127.0.0.1:7860/", served[1]), names)
+    stats = names["stats"]
+    printed = capsys.readouterr().out.strip().splitlines()[-1]  # after gradio_client's "Loaded as API"
+    assert printed == f"{stats['speedup']} {stats['ideal_speedup']} {stats['quality']}"
+    assert (stats["serial"]["prompt"], stats["serial"]["blocks"], stats["cascade"]["blocks"]) == \
+        ("a red circle moving right", 4, 4)
+    assert_honest_figures(stats)
+    assert set(stats["quality"]) >= {"psnr_db", "ssim", "analyzer"}
+    for video in ("serial_mp4", "cascade_mp4", "side_by_side_mp4"):
+        assert_playable_mp4(names[video], stats["serial"]["frames"])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -214,13 +285,54 @@ def test_compare_api_reports_a_nan_threshold(served):
     assert "event: error" in text and "the BWCache threshold must be a number from 0 to 1.0, got nan" in text
 
 
-def test_comparisons_take_turns_in_gradio_queue(served, client):
-    """Two comparisons at once: the second waits in Gradio's queue (shown to its visitor), not
-    inside the service, so neither run shares the backend with the other."""
-    jobs = [client.submit("a green ball falling", api_name="/compare", blocks=2) for _ in range(2)]
-    waits = [job.result(timeout=120)[3]["queued_s"] for job in jobs]
-    assert max(waits) < 0.05
-    queued = [fn for fn in served[0].fns.values() if fn.queue]  # the page's Compare (button or Enter), the API
+@pytest.fixture
+def held(served, monkeypatch):
+    """The served Service's comparisons held at their start until ``release`` is set; ``runs``
+    records each one's start and end (by seed), in order."""
+    service = served[2]
+    gate = SimpleNamespace(release=threading.Event(), started=threading.Event(), runs=[])
+    compare = service.compare
+
+    def held_compare(request, *args, **kwargs):
+        gate.runs.append(("start", request.seed))
+        gate.started.set()
+        gate.release.wait(120)
+        try:
+            return compare(request, *args, **kwargs)
+        finally:
+            gate.runs.append(("end", request.seed))
+
+    monkeypatch.setattr(service, "compare", held_compare)
+    try:
+        yield gate
+    finally:
+        gate.release.set()
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_comparisons_take_turns_in_gradio_queue(served, client, held):
+    """Two comparisons at once: the second waits in Gradio's queue, first in line, while the first
+    runs (its visitor is told), and starts only once the first has ended: no two runs share the
+    backend. The page's Compare (button or Enter) and the API are one concurrency group of one."""
+    from gradio_client.utils import Status
+
+    first = client.submit("a green ball falling", seed=1, api_name="/compare", blocks=2)
+    assert held.started.wait(60)
+    second = client.submit("a green ball falling", seed=2, api_name="/compare", blocks=2)
+    assert wait_for(lambda: second.status().code == Status.IN_QUEUE)
+    assert second.status().rank == 0 and held.runs == [("start", 1)]
+    held.release.set()
+    assert [job.result(timeout=120)[3]["cascade"]["seed"] for job in (first, second)] == [1, 2]
+    assert held.runs == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    queued = [fn for fn in served[0].fns.values() if fn.queue]
     assert len(queued) == 2 and {(fn.concurrency_id, fn.concurrency_limit) for fn in queued} == {(app.BACKEND, 1)}
 
 
@@ -263,6 +375,24 @@ def test_browser_compare_shows_videos_figures_timeline_and_replays_the_race(serv
     if os.environ.get("CASCADE_SCREENSHOT"):
         shutil.copyfile(tmp_path / "screenshot.png", os.environ["CASCADE_SCREENSHOT"])
     page.close()
+
+
+def test_browser_shows_a_waiting_visitor_the_queue_position(served, browser, held):
+    """README: comparisons take turns, and the page shows the queue position (on the speedup line)."""
+    running, waiting = browser.new_page(), browser.new_page()
+    for page in (running, waiting):
+        page.goto(served[1])
+    running.click("#compare")
+    assert held.started.wait(60)
+    waiting.click("#compare")
+    waiting.wait_for_function("() => document.querySelector('#speedup').innerText.includes('queue:')",
+                              timeout=30_000)
+    assert "queue: 1/1" in waiting.inner_text("#speedup") and len(held.runs) == 1
+    held.release.set()
+    for page in (running, waiting):
+        page.wait_for_function(VIDEOS_LOADED, timeout=90_000)
+        page.close()
+    assert [event for event, _ in held.runs] == ["start", "end", "start", "end"]
 
 
 def test_browser_bad_input_gets_a_clear_message(served, browser):

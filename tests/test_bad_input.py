@@ -17,9 +17,10 @@ import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-import app
 from cascade.model.presets import WEIGHTS_ROOT
-from cascade.service import FOLDER_NAME, UNLIMITED, GenerateRequest, Limits, Service
+from cascade.service import FOLDER_NAME, UNLIMITED, GenerateRequest, Limits, Offer, Service
+from cascade.ui.errors import user_error
+from cascade.ui.tables import quality_markdown, run_table, speedup_markdown, unknown_note
 from demo_support import API_DEFAULTS, api_values, call_compare
 
 # Text a visitor may type: empty and blank, 10,000 characters, control and format characters,
@@ -136,7 +137,7 @@ def test_blocks_and_steps_beyond_the_service_limits_are_refused_before_any_work(
 def test_a_page_needs_a_service_with_bounds(tmp_path):
     with Service(output_root=tmp_path, device="cpu", limits=UNLIMITED) as unbounded:
         with pytest.raises(ValueError, match="a public page needs a Service with bounds on blocks and steps"):
-            app.page_choices(unbounded)
+            unbounded.offer(unbounded.default_request())
 
 
 # --- through the app's API --------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def test_anything_sent_to_the_api_gets_one_clear_line_or_a_clean_comparison(smal
         _, _, _, stats = data
         assert stats["serial"]["prompt"] == stats["cascade"]["prompt"] == values[0]
         assert stats["cascade"]["seed"] == values[-2] and stats["cascade"]["blocks"] == values[2]
-        for shown in (app.speedup_markdown(stats), app.unknown_note(stats["serial"]["unknown_words"]),
-                      app.run_table(stats["serial"]), app.run_table(stats["cascade"]), app.quality_markdown(stats)):
+        for shown in (speedup_markdown(stats), unknown_note(stats["serial"]["unknown_words"]),
+                      run_table(stats["serial"]), run_table(stats["cascade"]), quality_markdown(stats)):
             assert_no_html_of_theirs(shown)
     assert only_request_folders(small.service.output_root)
     assert "Traceback" not in "".join(capfd.readouterr())
@@ -188,12 +189,12 @@ def test_anything_sent_to_the_api_gets_one_clear_line_or_a_clean_comparison(smal
 
 
 def test_messages_quoting_a_visitor_reach_the_page_escaped_and_cut_short():
-    shown = app.user_error(ValueError("unknown preset '<img src=x onerror=alert(1)>'")).message
+    shown = user_error(ValueError("unknown preset '<img src=x onerror=alert(1)>'")).message
     assert shown == "unknown preset '&lt;img src=x onerror=alert(1)&gt;'"
-    choices = app.Choices(defaults=GenerateRequest(prompt="x"), runnable=("tiny-shapes",), unavailable=(),
-                          max_workers=2, max_blocks=2, max_steps=2)
+    offer = Offer(defaults=GenerateRequest(prompt="x"), runnable=("tiny-shapes",), unavailable=(),
+                  max_workers=2, max_blocks=2, max_steps=2)
     with pytest.raises(ValueError) as raised:
-        app.make_request(choices, *api_values("a red circle", preset="<b>" + "x" * 5000))
+        offer.request(*api_values("a red circle", preset="<b>" + "x" * 5000))
     assert len(str(raised.value)) < 120 and str(raised.value).startswith("unknown preset '<b>xxx")
 
 

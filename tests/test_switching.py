@@ -25,8 +25,11 @@ from cascade.model.presets import TINY, LatentLayout, PresetLoader, load_model
 from cascade.model.transformer import CausalWanTransformer
 from cascade.pipeline import BlockCausalPipeline, DenoiseJob, switch_recache_blocks, switch_recache_plan
 from cascade.schedule import WorkItem, check_prompt_schedule, make_schedule, parse_prompt_schedule
-from cascade.service import GenerateRequest, Service
+from cascade.service import GenerateRequest, Offer, Service
 from cascade.toy import analyzer, data
+from cascade.ui.replay import replay_data
+from cascade.ui.tables import run_table
+from cascade.ui.timeline import timeline_figure
 
 SEED = 3
 SMALLER = dict(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=16, ffn_dim=48, num_layers=2,
@@ -362,21 +365,21 @@ def test_held_out_switch_schedules_change_only_the_colour():
 
 
 def test_the_app_reads_the_schedule_field_and_marks_the_switches(service):
-    choices = app.Choices(defaults=SMALL, runnable=("random-tiny",), unavailable=(), max_workers=2, max_blocks=16,
-                          max_steps=32)
+    offer = Offer(defaults=SMALL, runnable=("random-tiny",), unavailable=(), max_workers=2, max_blocks=16,
+                  max_steps=32)
     values = ["random-tiny", 4, 2, "batched", 2, 2, 1, "causal", True, False, 0.15, 0]
-    request = app.make_request(choices, "ignored", *values, prompt_schedule="0: a red ball\n2: a blue ball")
+    request = offer.request("ignored", *values, prompt_schedule="0: a red ball\n2: a blue ball")
     assert (request.prompt, request.prompt_schedule) == ("", ((0, "a red ball"), (2, "a blue ball")))
     with pytest.raises(ValueError, match="^block 2 appears twice in the prompt schedule$"):
-        app.make_request(choices, "", *values, prompt_schedule="0: red\n2: blue\n2: green")
+        offer.request("", *values, prompt_schedule="0: red\n2: blue\n2: green")
     for example in app.load_examples(kind="prompt_schedules"):
         assert len(parse_prompt_schedule(example)) >= 2
     result = service.compare(replace(request, threads=1))
-    figure = app.timeline_figure(result.stats)
+    figure = timeline_figure(result.stats)
     lines = [(shape.x0, annotation.text) for shape, annotation in zip(figure.layout.shapes, figure.layout.annotations)]
     assert lines == [(result.stats[run]["switches"][0]["at_s"], f"{label}: prompt of block 2")
                      for run, label in (("serial", "Serial (block-causal)"), ("cascade", "Block Cascading"))]
     assert "S" in [label for trace in figure.data for label in trace.text]
-    assert "| switch at block 2 |" in app.run_table(result.stats["serial"])
+    assert "| switch at block 2 |" in run_table(result.stats["serial"])
     counts = {run: result.stats[run]["block_frames"] for run in ("serial", "cascade")}
-    assert [run["switches"] for run in app.replay_data(result, counts)["runs"]] == [[2], [2]]
+    assert [run["switches"] for run in replay_data(result, counts)["runs"]] == [[2], [2]]

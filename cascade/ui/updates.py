@@ -1,0 +1,63 @@
+"""A comparison as the page shows it: a cleared page, a preview strip per side as each block's
+frames are final, then the videos, figures, timeline, replay and downloads."""
+
+import html
+
+import gradio as gr
+
+from ..service import RUN_LABELS, GenerateRequest
+from .previews import block_strip, thumbnail
+from .replay import replay_data
+from .tables import quality_markdown, run_table, speedup_markdown, unknown_note
+from .timeline import timeline_figure
+from .warm_up import Backend
+
+# the page's outputs, in the order every update lists them (app.py builds a component per name)
+OUTPUTS = ("note", "speedup", "serial_video", "cascade_video", "serial_live", "cascade_live", "serial_stats",
+           "cascade_stats", "quality", "timeline", "race", "downloads", "figures")
+CLEARED = dict(note="", speedup="Running…", serial_stats="", cascade_stats="", quality="")
+
+
+def update(**values) -> tuple:
+    """One page update: the outputs named get these values, every other keeps what it shows."""
+    unknown = set(values) - set(OUTPUTS)
+    assert not unknown, unknown
+    return tuple(values.get(name, gr.skip()) for name in OUTPUTS)
+
+
+def page_updates(backend: Backend, request: GenerateRequest, progress):
+    """The page's updates for one comparison (``OUTPUTS``), with the progress bar's steps."""
+    num_blocks = request.blocks
+    tiles = {name: {} for name in RUN_LABELS}
+    counts = {name: [] for name in RUN_LABELS}
+    shape = None
+    yield tuple(CLEARED.get(name) for name in OUTPUTS)
+    for batch in backend.compare_events(request):
+        for event in batch:
+            if event[0] == "block":
+                _, run, block, frames, _ = event
+                tiles[run][block] = thumbnail(frames[-1])
+                counts[run].append(len(frames))
+                shape = tiles[run][block].shape[:2]
+        progresses = [event for event in batch if event[0] == "progress"]
+        if progresses:
+            _, fraction, message = progresses[-1]
+            # the service runs serial first (its first half of the progress), then the cascade
+            progress(fraction, desc=f"{RUN_LABELS['serial' if fraction <= 0.5 else 'cascade']}: {message}")
+        if batch[-1][0] == "done":
+            result = batch[-1][1]
+            break
+        if any(event[0] == "block" for event in batch):
+            yield update(**{f"{name}_live": block_strip(tiles[name], num_blocks, shape)
+                            for name in RUN_LABELS if tiles[name]})
+    stats = result.stats
+    words = result.serial.unknown_words
+    if words:
+        # toasts render (sanitized) HTML: escaped, a word reads as typed
+        gr.Warning("The model does not know: " + ", ".join(html.escape(w) for w in dict.fromkeys(words)))
+    yield update(note=unknown_note(words), speedup=speedup_markdown(stats),
+                 **{f"{name}_video": str(result.files[f"{name}.mp4"]) for name in RUN_LABELS},
+                 **{f"{name}_live": block_strip(tiles[name], num_blocks, shape) for name in RUN_LABELS},
+                 **{f"{name}_stats": run_table(stats[name]) for name in RUN_LABELS},
+                 quality=quality_markdown(stats), timeline=timeline_figure(stats), race=replay_data(result, counts),
+                 downloads=[str(result.files["side_by_side.mp4"]), str(result.files["stats.json"])], figures=stats)
