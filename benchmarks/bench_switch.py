@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.output import write_report
 from cascade.service import GenerateRequest, Service
-from cascade.toy.evaluate import evaluate_switches
+from cascade.evaluate import evaluate_switches
 
 MODEL, BLOCKS, SWITCH_BLOCK = "tiny-shapes", 8, 4
 RUNS = ("serial", "cascade")

@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     comparison = commands.add_parser("compare", help="the same prompt and seed, serial and cascaded")
     _add_run_options(comparison)
     comparison.set_defaults(run=cmd_compare)
-    from . import bench
-    from .toy import evaluate, train as trainer
+    from . import bench, evaluate
+    from .toy import train as trainer
 
     benchmark = commands.add_parser("bench", help="serial vs cascade timings, machine bounds and quality")
     bench.add_arguments(benchmark)

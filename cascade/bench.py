@@ -429,7 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bwcache", action="store_true", help="BWCache on every row")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: serial against every cascade variant on one GPU, end to end at full size, "
-                             "with projected multi-GPU figures (benchmarks/bench_gpu.py)")
+                             "with projected multi-GPU figures (cascade/bench_gpu.py)")
     parser.add_argument("--link-gb-per-s", type=float, default=None,
                         help="cuda: the link bandwidth the multi-GPU projection assumes")
     parser.add_argument("--bwcache-threshold", type=float, default=GenerateRequest.bwcache_threshold)
@@ -437,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.device == "cuda":
-        from benchmarks.bench_gpu import run_gpu  # deferred: the GPU bench lives with the repo's benchmarks
+        from .bench_gpu import run_gpu  # deferred: it imports the full-size Wan parts
 
         return run_gpu(args)  # settings left None take the GPU bench's defaults (7 blocks, as Wan runs)
     args.prompts = args.prompts or (4 if args.quick else 32)

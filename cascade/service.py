@@ -43,6 +43,7 @@ from .model.presets import (CascadeModel, PresetLoader, available_models, defaul
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
 from .plan import Plan, PlanBackend, assumptions, bound, choose_plan, describe, tick_ratio
 from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule, parse_prompt_schedule
+from .worlds import judge_of
 
 MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
@@ -577,7 +578,9 @@ class Service:
             # must not load whatever a visitor points it at
             if not self.limits.model_paths and name not in available_models():
                 raise ValueError(f"unknown model {reprlib.repr(name)}; available: {', '.join(available_models())}")
-            self._models[name] = load_model(name, device=self._local_device())
+            model = load_model(name, device=self._local_device())
+            judge_of(model.world)  # a world without a judge here fails at load, not after a run
+            self._models[name] = model
         return self._models[name]
 
     def _local_device(self) -> str:
@@ -767,14 +770,15 @@ def quality(serial: GenerateResult, cascade: GenerateResult, prompts: PromptSche
     on each run against the prompt; with prompt switches, on each run's stretch of each prompt
     (``analyzer_segments``, see ``metrics.prompt_segments``)."""
     figures = {"psnr_db": metrics.psnr(serial.frames, cascade.frames), "ssim": metrics.ssim(serial.frames, cascade.frames)}
-    if model.judge is None or model.random_weights:
+    judge = judge_of(model.world)
+    if judge is None or model.random_weights:
         return figures
     runs = {"serial": serial, "cascade": cascade}
     if len(prompts) == 1:
-        figures["analyzer"] = {name: model.judge(run.frames, prompts[0][1]) for name, run in runs.items()}
+        figures["analyzer"] = {name: judge(run.frames, prompts[0][1]) for name, run in runs.items()}
     else:
         figures["analyzer_segments"] = {
-            name: metrics.judge_segments(model.judge, run.frames, run.stats["block_frames"], prompts)
+            name: metrics.judge_segments(judge, run.frames, run.stats["block_frames"], prompts)
             for name, run in runs.items()}
     return figures
 

@@ -1,5 +1,6 @@
-"""benchmarks/bench_gpu.py on the CPU (--quick), and the CUDA paths it and LocalExecutor take,
-with torch.cuda's calls stood in for. No timing is asserted."""
+"""The GPU bench (cascade/bench_gpu.py; the script `python -m benchmarks.bench_gpu`) on the CPU
+(--quick), and the CUDA paths it and LocalExecutor take, with torch.cuda's calls stood in for.
+No timing is asserted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import bench_gpu
+from cascade import bench_gpu
 from cascade.backend import LocalExecutor
 from cascade.backend.local import torch_threads
 from cascade.model.presets import LatentLayout, _random_model, preview_latents

@@ -9,6 +9,7 @@ command line and ``python app.py`` (Ctrl-C). The bar, this file's first test 10 
     for i in $(seq 10); do python -m pytest -q tests/test_faults.py -k killed_worker_fails || break; done
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -301,7 +302,10 @@ def serving(process: subprocess.Popen, url: str, output: Output, timeout_s: floa
     until(answers, process, output, timeout_s)
 
 
-def test_ctrl_c_on_the_app_during_a_comparison_closes_its_service_and_leaves_nothing(tmp_path):
+@contextlib.contextmanager
+def an_app_comparing_on_its_pool(tmp_path: Path):
+    """``python app.py``, warmed up, in the middle of a comparison whose cascade runs on its pool:
+    (the app's process, its stderr, its family, the shared memory they map, the page's url)."""
     from gradio_client import Client
 
     port = free_port()
@@ -318,11 +322,81 @@ def test_ctrl_c_on_the_app_during_a_comparison_closes_its_service_and_leaves_not
         client.submit("a red circle moving right", blocks=16, steps=16, api_name="/compare")
         # its serial half runs in the app, its cascade on the pool
         until(lambda: sum(sum(w.cpu_times()[:2]) for w in workers) > idle + 0.3, process, output)
-        held = shared_memory_mapped(family)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+        yield process, output, family, shared_memory_mapped(family), url
     finally:
         end(process)
+
+
+def test_ctrl_c_on_the_app_during_a_comparison_closes_its_service_and_leaves_nothing(tmp_path):
+    with an_app_comparing_on_its_pool(tmp_path) as (process, output, family, held, url):
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
     assert still_there(family) == [] and held and left_in_shared_memory(held) == [], output.text()[-3000:]
     with httpx.Client() as http, pytest.raises(httpx.ConnectError):
         http.get(url, timeout=5)  # nobody listens on the app's port any more
+
+
+# --- SIGKILL of the command line or of `python app.py`: nobody can clean up, yet nothing stays -----------
+
+ORPHAN_EXIT_S = 5.0  # issue 22: the pool's processes exit within 5 s of their parent's death
+POOL_KINDS = ("forkserver", "resource_tracker", "workers")
+
+
+def exited(process: psutil.Process) -> bool:
+    """Gone, or a zombie: it has exited (its parent was killed; the init process reaps it)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def running_after(processes: list[psutil.Process], timeout_s: float) -> list[str]:
+    """Those of ``processes`` that have not exited ``timeout_s`` from now (none, as soon as all have),
+    described; they are killed then, so that a failing test leaves no orphan behind it."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [p for p in processes if not exited(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    described = []
+    for orphan in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            described.append(f"{orphan.pid}: {' '.join(orphan.cmdline())[:100]}")
+            orphan.kill()
+    return described
+
+
+def pool_processes(family: list[psutil.Process]) -> dict[str, list[psutil.Process]]:
+    """The parent's pool by kind: the forkserver and the resource tracker (its children, started with
+    ``-c 'from multiprocessing.<kind> import main; ...'``) and the workers (the forkserver's children)."""
+    top = family[0].pid
+    kinds = {kind: [] for kind in POOL_KINDS}
+    for process in family[1:]:
+        if process.ppid() != top:
+            kinds["workers"].append(process)
+        else:
+            kind = next((k for k in POOL_KINDS if k in " ".join(process.cmdline())), "other")
+            kinds.setdefault(kind, []).append(process)
+    return kinds
+
+
+def assert_sigkill_leaves_nothing(process: subprocess.Popen, family: list[psutil.Process], held: set[int]) -> None:
+    kinds = pool_processes(family)
+    assert [len(kinds[k]) for k in POOL_KINDS] == [1, 1, 2], kinds
+    process.kill()
+    process.wait(timeout=10)
+    assert running_after([p for k in POOL_KINDS for p in kinds[k]], ORPHAN_EXIT_S) == []
+    assert held and left_in_shared_memory(held) == []  # what the killed processes had not unlinked, the tracker did
+
+
+def test_a_sigkilled_cli_leaves_no_pool_process_behind(tmp_path):
+    process, output = start([*GENERATE, "--out", str(tmp_path / "out")], environment(tmp_path))
+    try:
+        until(lambda: output.progress() > 0, process, output)  # the run is on the pool
+        family, _, held = family_of(process.pid)
+        assert_sigkill_leaves_nothing(process, family, held)
+    finally:
+        end(process)
+
+
+def test_a_sigkilled_app_leaves_no_pool_process_behind(tmp_path):
+    with an_app_comparing_on_its_pool(tmp_path) as (process, _, family, held, _):
+        assert_sigkill_leaves_nothing(process, family, held)

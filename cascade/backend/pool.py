@@ -12,7 +12,8 @@ closed. A worker that died between runs is replaced before the next one. Workers
 forked from a forkserver that has imported torch, this module and the loader's module, so a pool
 restarts in a second or two instead of importing torch afresh in every worker as spawned
 processes would; the forkserver touches no device (CUDA is safe in its children) and lives as
-long as the application. Blocks reach the parent as they finish, so a caller can show them while
+long as the application. A worker ends the moment its parent does, a parent killed by SIGKILL
+included, and with the workers gone the forkserver and the resource tracker end too. Blocks reach the parent as they finish, so a caller can show them while
 the run goes on.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import queue
@@ -76,6 +77,7 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
     collective with it, so the parent replaces the whole pool rather than patch it.
     """
     rank = config.rank
+    _exit_with_parent()
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -88,14 +90,8 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
         replica = config.loader(device)
         executor = RankExecutor(device, config.kv_exchange, config.collective_timeout_s)
         results.put(("ready", rank, weight_fingerprint(replica), executor.kv_exchange))
-        parent = multiprocessing.parent_process()
         while True:
-            try:
-                command = commands.get(timeout=1.0)
-            except queue.Empty:
-                if parent is not None and not parent.is_alive():
-                    break  # orphaned: nobody will ever send another run
-                continue
+            command = commands.get()
             if command is None:
                 break
             run_id, spec, schedule, origin = pickle.loads(command)
@@ -113,6 +109,25 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
         results.put(("error", rank, f"{type(error).__name__}: {error}", detail))
         _exit_now(1, results)
     _exit_now(0, results)
+
+
+def _exit_with_parent() -> None:
+    """End this worker the moment its parent dies (SIGKILL included), whatever it is doing: in a
+    collective with its peers, or blocked on a results pipe nobody reads any more (the workers
+    hold its read end too, so the write never fails). The forkserver and the resource tracker
+    then end by themselves: each lives until every holder of its pipe has gone, the workers
+    among them."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_when_closed, args=(parent.sentinel,), name="cascade-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_when_closed(sentinel: int) -> None:
+    """Exit once ``sentinel`` reads end of file: the parent's end of this process's start pipe has
+    closed, so the parent died (or let go of this process)."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _forward_progress(results, run_id: int):

@@ -124,3 +124,9 @@ HUB_PRESETS: dict[str, HubPreset] = {p.name: p for p in (
                       "joint": True, "recache": True},
     ),
 )}
+
+
+def hub_preset(name: str) -> HubPreset:
+    if name not in HUB_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the Hub presets are: {', '.join(HUB_PRESETS)}")
+    return HUB_PRESETS[name]

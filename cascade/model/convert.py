@@ -27,6 +27,9 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors.torch import save_file
 from torch import nn
 
+from .checkpoints import TRANSFORMER_CONFIG, hub_preset
+from .hub import fetch
+
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 PROVENANCE_FILE = "cascade.json"  # which preset a converted folder belongs to, and its source
 WRAPPER_PREFIXES = ("base_model.model.", "model.")  # PEFT's, then the Self-Forcing wrapper's
@@ -211,10 +214,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a PEFT LoRA .pt to merge (default: the preset's, fetched from the Hub)")
 
 
+def preset_conversion_inputs(name: str, key: str | None, lora: Path | None):
+    """What ``convert --preset NAME`` needs: (config, key, LoRA path, rank, alpha)."""
+    preset = hub_preset(name)
+    files = [TRANSFORMER_CONFIG] + ([preset.lora_file] if preset.lora and lora is None else [])
+    paths = fetch(files, f"convert --preset {name}")
+    lora_path = lora if lora is not None else paths.get(preset.lora_file)
+    rank, alpha = (preset.lora.rank, preset.lora.alpha) if preset.lora else (None, None)
+    return read_config(paths[TRANSFORMER_CONFIG]), key or preset.key, lora_path, rank, alpha
+
+
 def main(args: argparse.Namespace) -> int:
     if args.preset is not None:
-        from .hub_models import preset_conversion_inputs  # the Hub side: configuration and LoRA files
-
         config, key, lora, rank, alpha = preset_conversion_inputs(args.preset, args.key, args.lora)
     else:
         config, key, lora, rank, alpha = read_config(args.config), args.key, args.lora, None, None

@@ -18,22 +18,16 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
-from .checkpoints import (FRAMES_PER_BLOCK, HUB_PRESETS, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX,
-                          TOKENIZER_FILES, TRANSFORMER_CONFIG, VAE_CONFIG, VAE_STRIDE, WAN_FPS, HubPreset)
+from .base import CascadeModel, LatentLayout, on_device
+from .checkpoints import (FRAMES_PER_BLOCK, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX, TOKENIZER_FILES,
+                          TRANSFORMER_CONFIG, VAE_CONFIG, VAE_STRIDE, WAN_FPS, HubPreset, hub_preset)
 from .convert import PROVENANCE_FILE, WEIGHTS_NAME, check_weights, convert_checkpoint, expected_shapes, read_config
 from .hub import HubFile, cached, fetch, missing, missing_files_message, shards_of
-from .presets import CascadeModel, LatentLayout, _on
 from .transformer import CausalWanTransformer
 from .wan import load_text_encoder, load_vae
 
 GiB = 2**30
 HEADROOM = 2 * GiB  # activations and allocator slack beyond weights and the KV cache
-
-
-def hub_preset(name: str) -> HubPreset:
-    if name not in HUB_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; the Hub presets are: {', '.join(HUB_PRESETS)}")
-    return HUB_PRESETS[name]
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -150,7 +144,7 @@ def generator_from_state(config: dict, state: dict[str, torch.Tensor], device, d
         transformer = CausalWanTransformer.from_config(config)
     transformer.load_state_dict(state, assign=True)
     transformer.sinusoid_dtype = torch.float64
-    return _on(transformer, device, dtype)
+    return on_device(transformer, device, dtype)
 
 
 def generator_from_checkpoint(preset: HubPreset, config: dict, paths: dict[HubFile, Path], device,
@@ -220,16 +214,6 @@ def load_hub_transformer(preset: HubPreset, device="cpu", dtype: torch.dtype | N
 
 def preset_layout(preset: HubPreset, config: dict) -> LatentLayout:
     return LatentLayout(config["in_channels"], FRAMES_PER_BLOCK, preset.height // VAE_STRIDE, preset.width // VAE_STRIDE)
-
-
-def preset_conversion_inputs(name: str, key: str | None, lora: Path | None):
-    """What ``convert --preset NAME`` needs: (config, key, LoRA path, rank, alpha)."""
-    preset = hub_preset(name)
-    files = [TRANSFORMER_CONFIG] + ([preset.lora_file] if preset.lora and lora is None else [])
-    paths = fetch(files, f"convert --preset {name}")
-    lora_path = lora if lora is not None else paths.get(preset.lora_file)
-    rank, alpha = (preset.lora.rank, preset.lora.alpha) if preset.lora else (None, None)
-    return read_config(paths[TRANSFORMER_CONFIG]), key or preset.key, lora_path, rank, alpha
 
 
 # ----------------------------------------------------------------------------- status

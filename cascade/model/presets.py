@@ -8,20 +8,23 @@
 - the Hub presets (``self-forcing-1.3b``, ``causvid-1.3b``, ``longlive-1.3b``,
   ``rolling-forcing-1.3b``; ``checkpoints.py``): real checkpoints fetched through the Hugging Face
   cache, and any folder written by ``python -m cascade convert --preset NAME``.
+
+Every caller loads a model by name through this module, the top of the model room: it builds on
+``base`` (what a model is) and on the Hub side (``checkpoints``, ``hub_models``), none of which
+imports it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..sampling import FlowMatchSampler
+from .base import CascadeModel, LatentLayout, decode_pixels, on_device, preview_latents
 from .text import TextEncoder, ToyTextEncoder, WordTokenizer
 from .transformer import CausalWanTransformer
 
@@ -40,70 +43,6 @@ TINY = dict(
     text_dim=128, freq_dim=64, ffn_dim=768, num_layers=6, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=256,
 )
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """Geometry of one video block in the transformer's input space."""
-
-    channels: int
-    frames_per_block: int
-    height: int
-    width: int
-
-    def block_shape(self) -> tuple[int, int, int, int, int]:
-        return (1, self.channels, self.frames_per_block, self.height, self.width)
-
-
-@dataclass
-class CascadeModel:
-    """Everything a pipeline needs from a model, already on its device."""
-
-    name: str
-    description: str
-    transformer: CausalWanTransformer
-    text_encoder: object  # encode_prompts(list[str]) -> (embeddings [B, L, D], unknown words)
-    decode: Callable[[torch.Tensor], np.ndarray]  # latents [1, C, F, H, W] -> uint8 [T, H, W, 3]
-    sampler: FlowMatchSampler
-    layout: LatentLayout
-    fps: float
-    random_weights: bool
-    local_window: int | None = None
-    sink_frames: int = 0
-    # A fresh decoder for one video's blocks, fed in block order; it may carry state from one block
-    # to the next (a causal VAE's feature cache). None: ``decode`` is stateless and decodes any block.
-    new_block_decoder: Callable[[], Callable[[torch.Tensor], np.ndarray]] | None = None
-    # The model's world's verdict on a clip against its prompt (scores by name), for models trained
-    # on a world with an automatic judge; None for the others.
-    judge: Callable[[np.ndarray, str], dict] | None = None
-    # Settings this model runs with unless a request says otherwise: GenerateRequest field names
-    # (blocks, steps, window, stride, recache, joint, mode), e.g. a model trained for one schedule.
-    run_defaults: dict = field(default_factory=dict)
-    # The model's measured quality table: held-out evaluations of serial and cascaded plans (the
-    # folder's ``plans.json``: mode, steps, window, stride, recache, joint, bwcache, pairs, scores),
-    # from which a plan for each backend is chosen (``cascade.plan.choose_plan``).
-    measured_plans: tuple = ()
-
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
-        return self.text_encoder.encode_prompts(prompts)
-
-    def block_decoder(self) -> Callable[[torch.Tensor], np.ndarray]:
-        """Decodes one video block by block: ``decoder(latents [1, C, F, H, W]) -> uint8 [T, H, W, 3]``;
-        the blocks' frames, concatenated, equal ``decode`` of the whole latent video."""
-        return self.new_block_decoder() if self.new_block_decoder is not None else self.decode
-
-
-def decode_pixels(latents: torch.Tensor) -> np.ndarray:
-    """Pixel-space latents in [-1, 1], [1, 3, F, H, W] -> uint8 frames [F, H, W, 3]."""
-    frames = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def preview_latents(latents: torch.Tensor) -> np.ndarray:
-    """A viewable stand-in for undecoded latents: the first three channels, normalised."""
-    x = latents[0, :3].float()
-    x = (x - x.amin()) / (x.amax() - x.amin() + 1e-6) * 2 - 1
-    return decode_pixels(x[None])
 
 
 class RandomTextEncoder:
@@ -183,7 +122,8 @@ def load_transformer(name: str | None = None, device: str | torch.device = "cpu"
 
 def _hub_source(name: str):
     """(preset, generator folder or None) when ``name`` is a Hub preset or a folder converted for
-    one; None otherwise. Deferred imports: the Hub side builds on this module's CascadeModel."""
+    one; None otherwise. Deferred imports, here and below: the Hub side (the Wan VAE, umT5,
+    diffusers' checkpoint conversion) is imported only for a model that needs it."""
     from .checkpoints import HUB_PRESETS
     from .convert import PROVENANCE_FILE
 
@@ -213,22 +153,11 @@ def preset_status(device: str | torch.device | None = None) -> list:
     return built_in + [hub_preset_status(preset, device) for preset in HUB_PRESETS.values()]
 
 
-def _on(transformer: CausalWanTransformer, device, dtype: torch.dtype) -> CausalWanTransformer:
-    """Move to ``device`` in ``dtype``, keeping the modules diffusers keeps in float32 there."""
-    transformer = transformer.to(device=device)
-    if dtype != torch.float32:
-        for name, module in transformer.named_modules():
-            if not any(part in transformer._keep_in_fp32_modules for part in name.split(".")):
-                for param in module.parameters(recurse=False):
-                    param.data = param.data.to(dtype)
-    return transformer.eval()
-
-
 def _random_model(name, config, layout, decode, fps, device, dtype, description) -> CascadeModel:
     with torch.random.fork_rng(devices=[]):  # the same random weights every time, the caller's RNG untouched
         torch.manual_seed(0)
         transformer = CausalWanTransformer(**config)
-    transformer = _on(transformer, device, dtype)
+    transformer = on_device(transformer, device, dtype)
     text = RandomTextEncoder(config["text_dim"], 32, device, dtype)
     sampler = FlowMatchSampler((1000, 750, 500, 250), shift=5.0, warp=True, prediction="flow")
     return CascadeModel(name, description, transformer, text, decode, sampler, layout, fps, random_weights=True)
@@ -251,7 +180,7 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
     info = json.loads((folder / MODEL_CONFIG_FILE).read_text())
     transformer = CausalWanTransformer.from_config(CausalWanTransformer.load_config(folder))
     transformer.load_state_dict({k: v.float() for k, v in load_file(str(folder / TRANSFORMER_FILE)).items()})
-    transformer = _on(transformer, device, dtype)
+    transformer = on_device(transformer, device, dtype)
     text = TextEncoder.from_folder(folder)
     text.encoder.to(device=device, dtype=dtype)
     sampler = FlowMatchSampler(tuple(info["timesteps"]), info["shift"], info["warp"], info["prediction"],
@@ -261,7 +190,7 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
         name=info["name"], description=info["description"], transformer=transformer, text_encoder=text,
         decode=decode_pixels, sampler=sampler, layout=layout, fps=info["fps"], random_weights=False,
         local_window=info.get("local_window"), sink_frames=info.get("sink_frames", 0),
-        judge=_judge_of(info.get("world")),
+        world=info.get("world"),
         measured_plans=_measured_plans(folder),
     )
 
@@ -269,17 +198,6 @@ def load_folder(folder: str | Path, device="cpu", dtype: torch.dtype = torch.flo
 def _measured_plans(folder: Path) -> tuple:
     table = folder / MEASURED_PLANS_FILE
     return tuple(json.loads(table.read_text())["plans"]) if table.exists() else ()
-
-
-def _judge_of(world: str | None) -> Callable[[np.ndarray, str], dict] | None:
-    """The automatic judge of the world a model folder says it was trained on (model.json "world")."""
-    if world is None:
-        return None
-    if world == "shapes":
-        from ..toy.analyzer import judge  # deferred: the toy world imports the model, not the reverse
-
-        return judge
-    raise ValueError(f"unknown world {world!r} in model.json (known: shapes)")
 
 
 @dataclass(frozen=True)

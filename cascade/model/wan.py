@@ -18,8 +18,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+from .base import decode_pixels
 from .checkpoints import PROMPT_LENGTH
-from .presets import decode_pixels
 
 # umT5-XXL's encoder as Wan2.1 uses it (text_encoder/config.json of the Wan repository).
 UMT5_XXL = dict(

@@ -23,6 +23,10 @@ from functools import lru_cache
 
 import numpy as np
 
+WORLD = "shapes"
+"""This world's name, as a model folder trained on it gives it (model.json "world"): ``cascade.worlds``
+finds its judge by it."""
+
 REFERENCE_SIZE = 64
 """Side of the canvas on which ClipSpec geometry is expressed, in pixels."""
 

@@ -262,7 +262,7 @@ class Trainer:
             "renoise": "ode",
             "layout": {"channels": 3, "frames_per_block": FRAMES_PER_BLOCK, "height": SIZE, "width": SIZE},
             "fps": 8.0, "local_window": c.clip_blocks * FRAMES_PER_BLOCK, "sink_frames": 0,
-            "world": "shapes",
+            "world": data.WORLD,
             "training": {"steps": self.step, "seconds": round(self.seconds), "batch_size": c.batch_size,
                          "clip_blocks": c.clip_blocks, "lr": c.lr, "ema": c.ema, "clean_share": c.clean_share,
                          "switch_share": c.switch_share,

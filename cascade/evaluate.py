@@ -4,6 +4,8 @@ Every held-out prompt/seed pair (``data.eval_set``) is generated through the ser
 user would, judged by the analyzer against what its prompt asks for, and summarised with 95%
 intervals. ``evaluate_switches`` does the same for held-out prompt schedules whose object
 changes colour mid-video (``data.switch_eval_set``), scoring each prompt's stretch of the video.
+It drives the Service over the tiny-shapes world (``cascade/toy/``), so it sits above both, as
+the bench does; the toy world itself builds only on the model.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..metrics import judge_segments
-from ..service import UNLIMITED, GenerateRequest, Service
-from . import data
-from .analyzer import aggregate, judge
+from .metrics import judge_segments
+from .service import UNLIMITED, GenerateRequest, Service
+from .toy import data
+from .toy.analyzer import aggregate, judge
 
 SEGMENT_FIELDS = ("prompt", "blocks", "frames")  # what judge_segments adds to a verdict besides the scores
 
