@@ -255,7 +255,7 @@ def test_refused_jobs_leave_the_pool_running(model, pool):
 
 
 def test_killed_worker_fails_the_run_and_the_pool_restarts(model, pool):
-    """How soon is test_faults.py's promise (KILLED_BAR_S); here: the error, and a fresh pool."""
+    """How soon it fails is test_faults.py's promise (KILLED_BAR_S); here: the error, then a fresh pool."""
     schedule = SCHEDULES["cascade-window2-recache"]
     old_pids, killed = pool.worker_pids, []
 
