@@ -54,18 +54,18 @@ BAD_VALUES = [
 def work(monkeypatch) -> list[str]:
     """What a command has started so far: each forward of a model, each worker pool."""
     started = []
-    forward, pool = CausalWanTransformer.forward, DistributedExecutor.__init__
+    forward, start = CausalWanTransformer.forward, DistributedExecutor.start
 
     def counted_forward(self, *args, **kwargs):
         started.append("forward")
         return forward(self, *args, **kwargs)
 
-    def counted_pool(self, *args, **kwargs):
+    def counted_start(self):
         started.append("pool")
-        pool(self, *args, **kwargs)
+        start(self)
 
     monkeypatch.setattr(CausalWanTransformer, "forward", counted_forward)
-    monkeypatch.setattr(DistributedExecutor, "__init__", counted_pool)
+    monkeypatch.setattr(DistributedExecutor, "start", counted_start)
     return started
 
 
@@ -91,7 +91,7 @@ def test_compare_on_a_worker_pool_writes_both_runs_and_counts_speedup_as_the_pap
                  "--steps", "2", "--window", "2", "--stride", "1", "--executor", "distributed", "--workers", "2",
                  "--threads", "1", "--out", str(tmp_path)])
     assert code == 0
-    assert work.count("pool") == 1 and "forward" in work  # what the bad-values test sees none of
+    assert "pool" in work and "forward" in work  # what the bad-values test sees none of
     for name in ("serial.mp4", "cascade.mp4", "side_by_side.mp4"):
         assert (tmp_path / name).stat().st_size > 0
     serial, cascade = np.load(tmp_path / "frames_serial.npy"), np.load(tmp_path / "frames_cascade.npy")
