@@ -9,7 +9,7 @@ PEFT LoRA). Nothing here touches the network.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from diffusers import AutoencoderKLWan
 
 from huggingface_hub import constants
 
-from cascade.model.checkpoints import HUB_PRESETS, TOKENIZER_FILES, WAN_REPO
+from cascade.model.checkpoints import HUB_PRESETS
 from cascade.model.transformer import CausalWanTransformer
 
 TINY_TRANSFORMER = dict(
@@ -34,6 +34,45 @@ TINY_VAE = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, te
                 latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0])
 WORDS = "a an the red blue cat dog bird runs flies over on in beach snow city at night slowly".split()
 REVISION = "0123456789abcdef0123456789abcdef01234567"
+WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # text encoder, tokenizer, VAE and configuration (REFERENCES.md)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A preset as its project publishes and runs it, typed in by hand from REFERENCES.md (the
+    checkpoint table; LongLive's LoRA and window notes) and the README's preset table. The
+    stand-ins are written where these say and the loaded models are checked against them, so a
+    wrong entry in the loader's own table (``HUB_PRESETS``) fails instead of being copied."""
+
+    repo: str
+    checkpoint: str
+    key: str  # the weights of the checkpoint the project runs
+    timesteps: tuple[float, ...]
+    shift: float
+    warp: bool
+    local_window: int | None = None  # this package's convention: sinks on top of a window ending at the block
+    sink_frames: int = 0
+    lora: tuple[str, int, float] | None = None  # file in the repository, rank, alpha
+    run_defaults: dict = field(default_factory=lambda: {"blocks": 7, "recache": True})  # 21 latent frames
+
+
+SELF_FORCING_STEPS = (1000, 750, 500, 250)
+UPSTREAM = {
+    "self-forcing-1.3b": Upstream("gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt", "generator_ema",
+                                  SELF_FORCING_STEPS, 5, True),
+    "causvid-1.3b": Upstream("tianweiy/CausVid", "autoregressive_checkpoint/model.pt", "generator",
+                             (1000, 757, 522), 8, False),
+    # local_attn_size 12 with sink_size 3: the 3 first latent frames + the 9 most recent
+    "longlive-1.3b": Upstream("Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt", "generator",
+                              SELF_FORCING_STEPS, 5, True, local_window=9, sink_frames=3,
+                              lora=("models/lora.pt", 256, 256)),
+    # 5 blocks denoised jointly at staggered steps + the finished block's t = 0 pass: a joint cascade
+    # W6 s1; attention over 21 latent frames = the first block as sink + 18
+    "rolling-forcing-1.3b": Upstream("TencentARC/RollingForcing", "checkpoints/rolling_forcing_dmd.pt",
+                                     "generator_ema", (1000, 800, 600, 400, 200), 5, True, local_window=18,
+                                     sink_frames=3, run_defaults={"blocks": 7, "mode": "cascade", "window": 6,
+                                                                  "stride": 1, "joint": True, "recache": True}),
+}
 
 # diffusers name -> original Wan name: REFERENCES.md's table read backwards (test side only).
 _TO_ORIGINAL = (
@@ -151,29 +190,30 @@ def write_wan_repo(cache: FakeHubCache) -> None:
     words.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     special = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
     PreTrainedTokenizerFast(tokenizer_object=words, **special).save_pretrained(snapshot / "tokenizer")
-    cache.path(WAN_REPO, TOKENIZER_FILES[2].filename).write_text(json.dumps(special))
+    cache.path(WAN_REPO, "tokenizer/special_tokens_map.json").write_text(json.dumps(special))
     torch.manual_seed(2)
     AutoencoderKLWan(**TINY_VAE).save_pretrained(snapshot / "vae")
 
 
 def write_project_repos(cache: FakeHubCache) -> dict[str, dict[str, torch.Tensor]]:
-    """Every preset's checkpoint (and LongLive's LoRA); returns the weights each preset should run
-    (diffusers names, LoRA merged) by preset name."""
+    """Every preset's checkpoint (and LongLive's LoRA) where ``UPSTREAM`` says the project keeps
+    it; returns the weights each preset should run (diffusers names, LoRA merged) by preset name."""
     from cascade.model.convert import lora_targets
 
     expected = {}
-    for index, preset in enumerate(HUB_PRESETS.values()):
+    for index, (name, upstream) in enumerate(UPSTREAM.items()):
         plain = random_generator(10 + index).state_dict()
         ema = random_generator(20 + index).state_dict()
-        write_checkpoint(cache.path(preset.repo, preset.checkpoint), generator=plain, ema=ema)
-        weights = dict(ema if preset.key == "generator_ema" else plain)
-        if preset.lora:
+        write_checkpoint(cache.path(upstream.repo, upstream.checkpoint), generator=plain, ema=ema)
+        weights = dict(ema if upstream.key == "generator_ema" else plain)
+        if upstream.lora:
+            filename, rank, alpha = upstream.lora
             shapes = {n: t.shape for n, t in weights.items()}
-            pairs = lora_pairs(sorted(lora_targets(TINY_TRANSFORMER)), shapes, preset.lora.rank, seed=index)
-            write_peft_lora(cache.path(preset.repo, preset.lora.filename), pairs)
-            for name, (a, b) in pairs.items():
-                weights[name] = weights[name] + preset.lora.alpha / preset.lora.rank * (b @ a)
-        expected[preset.name] = weights
+            pairs = lora_pairs(sorted(lora_targets(TINY_TRANSFORMER)), shapes, rank, seed=index)
+            write_peft_lora(cache.path(upstream.repo, filename), pairs)
+            for weight, (a, b) in pairs.items():
+                weights[weight] = weights[weight] + alpha / rank * (b @ a)
+        expected[name] = weights
     return expected
 
 

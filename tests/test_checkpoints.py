@@ -18,16 +18,15 @@ from huggingface_hub import constants
 from cascade.backend import LocalExecutor
 from cascade.backend.local import torch_threads
 from cascade.model import convert, hub, hub_models
-from cascade.model.checkpoints import (HUB_PRESETS, LONGLIVE_SINKS, LONGLIVE_WINDOW, ROLLING_LOCAL_WINDOW,
-                                       ROLLING_SINKS, ROLLING_WINDOW_BLOCKS, WAN_REPO, local_attention_window)
+from cascade.model.checkpoints import HUB_PRESETS, local_attention_window
 from cascade.model.kv_cache import KVCache
 from cascade.model.presets import PresetLoader, load_model, load_transformer, preset_status
 from cascade.model.transformer import CausalWanTransformer
 from cascade.model.wan import UMT5TextEncoder, WanVideoDecoder
 from cascade.pipeline import BlockCausalPipeline
 from cascade.schedule import make_schedule
-from hub_standins import (TINY_TRANSFORMER, TINY_VAE, FakeHubCache, lora_pairs, random_generator, use_offline,
-                          write_checkpoint, write_peft_lora, write_project_repos, write_wan_repo)
+from hub_standins import (TINY_TRANSFORMER, TINY_VAE, UPSTREAM, WAN_REPO, FakeHubCache, lora_pairs, random_generator,
+                          use_offline, write_checkpoint, write_peft_lora, write_project_repos, write_wan_repo)
 
 LATENT = (4, 4)  # latent height, width of the stand-in videos (32×32 pixels)
 
@@ -213,8 +212,9 @@ def visible_frames(cache: KVCache, start: int, frames: int) -> set[int]:
 
 
 def test_longlive_window_holds_3_sinks_and_the_9_most_recent_frames():
-    assert local_attention_window(12, 3) == (LONGLIVE_WINDOW, LONGLIVE_SINKS) == (9, 3)
-    cache = KVCache(1, 30, 1, 1, 1, local_window=LONGLIVE_WINDOW, sink_frames=LONGLIVE_SINKS)
+    longlive = UPSTREAM["longlive-1.3b"]
+    assert local_attention_window(12, 3) == (longlive.local_window, longlive.sink_frames) == (9, 3)
+    cache = KVCache(1, 30, 1, 1, 1, local_window=longlive.local_window, sink_frames=longlive.sink_frames)
     held: list[int] = []  # LongLive's cache: append the block's frames, evict the oldest non-sinks past 12
     for block in range(10):
         own = list(range(3 * block, 3 * block + 3))
@@ -230,9 +230,9 @@ def test_rolling_forcing_joint_ticks_see_what_its_rolling_window_sees():
     """Rolling Forcing: a window of up to 5 blocks at staggered steps attends to the first block
     (sink), the most recent earlier frames up to 21 in all, and itself. Here: the joint cascade of
     the preset's defaults, whose ticks carry the finished block's t = 0 pass as well."""
-    blocks, steps = 10, 5
-    schedule = make_schedule(blocks, steps, window=ROLLING_WINDOW_BLOCKS, stride=1, recache=True)
-    cache = KVCache(1, 3 * blocks, 1, 1, 1, local_window=ROLLING_LOCAL_WINDOW, sink_frames=ROLLING_SINKS)
+    blocks, steps, rolling = 10, 5, UPSTREAM["rolling-forcing-1.3b"]
+    schedule = make_schedule(blocks, steps, window=rolling.run_defaults["window"], stride=1, recache=True)
+    cache = KVCache(1, 3 * blocks, 1, 1, 1, local_window=rolling.local_window, sink_frames=rolling.sink_frames)
     for tick in schedule.ticks:
         denoising = [item.block for item in tick if not item.is_recache]
         if not denoising:
@@ -287,16 +287,21 @@ def assert_weights(transformer, expected: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(state[name], weight, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(HUB_PRESETS))
+def test_the_presets_are_the_four_upstream_projects():
+    assert sorted(HUB_PRESETS) == sorted(UPSTREAM)
+
+
+@pytest.mark.parametrize("name", list(UPSTREAM))
 def test_each_preset_loads_through_the_cache_and_runs_its_schedules(offline_hub, name):
     _, expected = offline_hub
     model = load_model(name)
-    preset = HUB_PRESETS[name]
+    upstream = UPSTREAM[name]
     assert_weights(model.transformer, expected[name])  # the project's key, LoRA merged (LongLive)
     assert model.transformer.sinusoid_dtype == torch.float64
-    assert model.sampler.timesteps == preset.timesteps and model.sampler.warp == preset.warp
-    assert (model.local_window, model.sink_frames) == (preset.local_window, preset.sink_frames)
-    assert model.run_defaults == preset.run_defaults and model.run_defaults["blocks"] == 7
+    assert (model.sampler.timesteps, model.sampler.shift, model.sampler.warp) == (
+        upstream.timesteps, upstream.shift, upstream.warp)
+    assert (model.local_window, model.sink_frames) == (upstream.local_window, upstream.sink_frames)
+    assert model.run_defaults == upstream.run_defaults
     assert model.layout.block_shape() == (1, 4, 3, *LATENT) and not model.random_weights
     defaults = model.run_defaults
     blocks = 2
@@ -315,16 +320,16 @@ def test_each_preset_loads_through_the_cache_and_runs_its_schedules(offline_hub,
 
 def test_a_converted_folder_runs_as_its_preset(offline_hub, tmp_path, capsys):
     cache, expected = offline_hub
-    preset = HUB_PRESETS["longlive-1.3b"]
+    name, longlive = "longlive-1.3b", UPSTREAM["longlive-1.3b"]
     out = tmp_path / "longlive"
-    assert run_convert(cache.path(preset.repo, preset.checkpoint), "--preset", preset.name, "--out", out) == 0
+    assert run_convert(cache.path(longlive.repo, longlive.checkpoint), "--preset", name, "--out", out) == 0
     assert "+ LoRA" in capsys.readouterr().out
-    assert_weights(WanTransformer3DModel.from_pretrained(out), expected[preset.name])
+    assert_weights(WanTransformer3DModel.from_pretrained(out), expected[name])
     model = load_model(str(out))
-    assert model.name == preset.name and str(out) in model.description
+    assert model.name == name and str(out) in model.description
     assert (model.local_window, model.sink_frames) == (9, 3)
-    assert_weights(model.transformer, expected[preset.name])
-    assert_weights(load_transformer(str(out)), expected[preset.name])
+    assert_weights(model.transformer, expected[name])
+    assert_weights(load_transformer(str(out)), expected[name])
 
 
 def test_a_pool_replica_loads_the_generator_alone(offline_hub, monkeypatch):
@@ -351,20 +356,20 @@ def test_offline_without_the_files_names_repository_file_and_command(offline_hub
 
 def test_a_partial_cache_reports_just_what_is_missing(offline_hub):
     cache, _ = offline_hub
-    preset = HUB_PRESETS["rolling-forcing-1.3b"]
+    name = "rolling-forcing-1.3b"
     shard = next(cache.path(WAN_REPO, "text_encoder").glob("model-*.safetensors"))
     kept = shard.read_bytes()
     shard.unlink()
     try:
         with pytest.raises(ValueError, match=rf"needs 1 file\(s\).*\n  {WAN_REPO}: text_encoder/{shard.name}\n"):
-            load_model(preset.name)
+            load_model(name)
         status = {s.name: s for s in preset_status("cpu")}
-        assert not status[preset.name].runnable and shard.name in status[preset.name].reason
+        assert not status[name].runnable and shard.name in status[name].reason
     finally:
         shard.write_bytes(kept)
     status = {s.name: s for s in preset_status("cpu")}
-    assert all(status[n].runnable for n in HUB_PRESETS), status
-    assert status["tiny-shapes"].runnable and "text encoder on cpu" in status[preset.name].reason
+    assert all(status[n].runnable for n in UPSTREAM), status
+    assert status["tiny-shapes"].runnable and "text encoder on cpu" in status[name].reason
 
 
 def test_too_little_memory_is_a_clear_error_and_a_short_gpu_moves_the_text_encoder(offline_hub, monkeypatch):
@@ -448,11 +453,11 @@ def test_online_lookups_name_gated_absent_and_unreachable_and_download_the_rest(
         hub.fetch([hub.HubFile("org/open", "other.pt"), files[0]], "demo")
 
 
-@pytest.mark.parametrize("name", list(HUB_PRESETS))
+@pytest.mark.parametrize("name", list(UPSTREAM))
 def test_each_preset_compares_end_to_end_through_the_service(offline_hub, tmp_path, name):
     from cascade.service import GenerateRequest, Service
 
-    defaults = HUB_PRESETS[name].run_defaults
+    defaults = UPSTREAM[name].run_defaults
     with Service(output_root=tmp_path, device="cpu") as service:
         result = service.compare(GenerateRequest(prompt="a red cat runs on the beach", model=name, blocks=2,
                                                  executor="batched"))

@@ -5,7 +5,7 @@ import torch
 
 from cascade.model.checkpoints import HUB_PRESETS
 from cascade.model.presets import PREFERRED_PRESETS, default_model_name
-from hub_standins import FakeHubCache, use_offline, write_project_repos, write_wan_repo
+from hub_standins import UPSTREAM, FakeHubCache, use_offline, write_project_repos, write_wan_repo
 
 GiB = 2**30
 
@@ -23,7 +23,7 @@ def standin_cache(root, without: tuple[str, ...] = ()) -> FakeHubCache:
     write_wan_repo(cache)
     write_project_repos(cache)
     for name in without:
-        cache.path(HUB_PRESETS[name].repo, HUB_PRESETS[name].checkpoint).unlink()
+        cache.path(UPSTREAM[name].repo, UPSTREAM[name].checkpoint).unlink()
     return cache
 
 

@@ -8,10 +8,11 @@ form. Tiny model, few blocks and steps, one thread per worker.
 import dataclasses
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from cascade.backend import LocalExecutor
-from cascade.backend.kv_exchange import RING_SLOTS, owner, shared_memory_possible
+from cascade.backend.kv_exchange import RING_SLOTS, owner
 from cascade.backend.pool import DistributedExecutor
 from cascade.caching import BWCacheConfig, bw_cache_stats
 from cascade.model import CausalWanTransformer
@@ -39,7 +40,9 @@ SCHEDULES = {
     # worker 0 posts all of block 0 before worker 1 reads any: more postings than the shared ring has slots
     "serial-more-steps-than-ring-slots": make_schedule(BLOCKS, RING_SLOTS + 2),
 }
-SHARED_MEMORY = shared_memory_possible(torch.device("cpu"))
+# The README's promise, checked on the machine itself rather than through the pool's own check: a
+# CPU pool on one x86-64 Linux host with a writable /dev/shm moves K/V through shared memory.
+SHARED_MEMORY = sys.platform == "linux" and platform.machine() == "x86_64" and os.access("/dev/shm", os.W_OK)
 LOADER = PresetLoader("random-tiny")
 
 
@@ -82,8 +85,8 @@ def test_pool_equals_local_executor(model, pool, name):
     assert ran == sorted((i.block, str(i.step)) for tick in schedule.ticks for i in tick)
     assert all(e.worker == owner(e.block, WORKERS) for e in out.timeline)
     assert all(0 <= e.start <= e.end for e in out.timeline)
-    # One clock for all workers, and no tick-wide barrier: an item starts only after every item
-    # of a lower block in the previous tick ended (the K/V it reads), whichever worker ran it.
+    # One clock for all workers: an item starts only after every item of a lower block in the
+    # previous tick ended (the K/V it reads), whichever worker ran it.
     tick_of = {(i.block, i.step): t for t, tick in enumerate(schedule.ticks) for i in tick}
     for e in out.timeline:
         t = tick_of[(e.block, e.step)]
@@ -129,8 +132,18 @@ def test_pool_hands_on_every_block_in_order_as_it_finishes(model, pool, name):
     assert handed[0][2] >= last_step_end
 
 
-def test_pool_on_one_host_exchanges_kv_through_shared_memory(pool):
-    assert pool.kv_exchange == ("shared_memory" if SHARED_MEMORY else "broadcast")
+def kv_files_mapped(pids: list[int]) -> list[set[str]]:
+    """Per process, the K/V exchange's files in /dev/shm it maps: what the kernel says, not the pool."""
+    return [{line.split(maxsplit=5)[5] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+             if " /dev/shm/cascade-kv-" in line} for pid in pids]
+
+
+@pytest.mark.skipif(not SHARED_MEMORY, reason="shared memory is the promise for one x86-64 Linux host")
+def test_pool_on_one_host_exchanges_kv_through_shared_memory(model, pool):
+    generate(model, SCHEDULES["serial"], pool)  # a run maps the exchange
+    mapped = kv_files_mapped(pool.worker_pids)
+    assert pool.kv_exchange == "shared_memory"
+    assert mapped[0] == mapped[1] and len(mapped[0]) == 1 + WORKERS  # the counters and every worker's slots
 
 
 def test_broadcast_exchange_gives_the_same_video(model):
@@ -138,6 +151,8 @@ def test_broadcast_exchange_gives_the_same_video(model):
     with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1, kv_exchange="broadcast") as pool:
         out = generate(model, schedule, pool)
         assert pool.kv_exchange == "broadcast"
+        if SHARED_MEMORY:
+            assert kv_files_mapped(pool.worker_pids) == [set()] * WORKERS
     assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="kv_exchange"):
         DistributedExecutor(LOADER, kv_exchange="carrier-pigeon")
@@ -167,8 +182,55 @@ def test_each_tick_exchanges_the_kv_of_its_blocks(model, pool):
         mine = sum(owner(b, WORKERS) == c.worker for b in blocks)
         assert c.sent_bytes == mine * kv_bytes_per_block
         assert c.received_bytes == (len(blocks) - mine) * kv_bytes_per_block
-        assert c.posted >= 0 and c.blocked_s >= 0
     assert all(x.device.type == "cpu" for x in result.latents)
+
+
+def test_each_worker_posts_after_its_items_and_reads_what_others_posted(model, pool):
+    """On the workers' one clock: a worker posts a tick's K/V after its items of that tick and before
+    any of its later ones; it was blocked at most the idle time before its items (none in a tick
+    where it runs nothing); an item starts only after every other owner of a lower block in an
+    earlier tick posted that tick."""
+    schedule = SCHEDULES["cascade-window4-no-recache"]
+    result = pool.execute(make_job(model, schedule), schedule)
+    tick_of = {(i.block, i.step): t for t, tick in enumerate(schedule.ticks) for i in tick}
+    posted = {(c.tick, c.worker): c.posted for c in result.communication}
+    for c in result.communication:
+        own = [e for e in result.timeline if e.worker == c.worker]
+        mine = sorted((e for e in own if tick_of[(e.block, e.step)] == c.tick), key=lambda e: e.start)
+        later = [e.start for e in own if tick_of[(e.block, e.step)] > c.tick]
+        assert max((e.end for e in mine), default=0.0) <= c.posted <= min(later, default=float("inf"))
+        idle_before = [posted.get((c.tick - 1, c.worker), 0.0)] + [e.end for e in mine[:-1]]
+        assert 0.0 <= c.blocked_s <= sum(e.start - idle for e, idle in zip(mine, idle_before)) + 1e-9
+    for e in result.timeline:
+        read = [posted[(t, owner(i.block, WORKERS))] for t in range(tick_of[(e.block, e.step)])
+                for i in schedule.ticks[t] if i.block < e.block and owner(i.block, WORKERS) != e.worker]
+        assert all(p <= e.start for p in read)
+
+
+def test_a_stalled_worker_does_not_hold_up_the_owner_of_the_lowest_block(model, pool):
+    """No tick-wide barrier: block 0's items read nobody's K/V, so while worker 1 is stopped
+    (SIGSTOP) worker 0 runs on, starting items of later ticks before worker 1's item of an earlier
+    tick has ended. Under a barrier each tick would start only once every item of the last ended."""
+    schedule = make_schedule(2, 3 * RING_SLOTS, window=2, stride=1)
+    stalled = pool.worker_pids[1]
+    resume = threading.Timer(0.5, os.kill, (stalled, signal.SIGCONT))  # long enough for worker 0 to run on
+
+    def stall_worker_1(fraction, message):  # worker 0 has posted its first tick
+        if resume.ident is None:
+            os.kill(stalled, signal.SIGSTOP)
+            resume.start()
+
+    try:
+        out = generate(model, schedule, pool, progress=stall_worker_1)
+    finally:
+        resume.cancel()
+        os.kill(stalled, signal.SIGCONT)
+    assert resume.ident is not None  # it was stopped
+    tick_of = {(i.block, i.step): t for t, tick in enumerate(schedule.ticks) for i in tick}
+    ahead = [(a, c) for a in out.timeline if a.worker == 0 for c in out.timeline
+             if c.worker == 1 and tick_of[(a.block, a.step)] > tick_of[(c.block, c.step)] and a.start < c.end]
+    assert ahead
+    assert (out.latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
 
 
 def test_pool_is_reused_across_runs(model, pool):
@@ -192,19 +254,18 @@ def test_refused_jobs_leave_the_pool_running(model, pool):
     assert pool.worker_pids == pids and all(alive(pid) for pid in pids)
 
 
-def test_killed_worker_fails_the_run_quickly_and_the_pool_restarts(model, pool):
+def test_killed_worker_fails_the_run_and_the_pool_restarts(model, pool):
+    """How soon it fails is test_faults.py's promise (KILLED_BAR_S); here: the error, then a fresh pool."""
     schedule = SCHEDULES["cascade-window2-recache"]
-    old_pids = pool.worker_pids
-    killed_at = []
+    old_pids, killed = pool.worker_pids, []
 
     def kill_worker_1(fraction, message):
-        if not killed_at:
+        if not killed:
             os.kill(old_pids[1], signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            killed.append(old_pids[1])
 
     with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+, cpu\) died: killed by signal SIGKILL"):
         generate(model, schedule, pool, progress=kill_worker_1)
-    assert time.monotonic() - killed_at[0] < 10
     assert not any(alive(pid) for pid in old_pids)
 
     again = generate(model, schedule, pool)
@@ -269,7 +330,7 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(not SHARED_MEMORY, reason="shared-memory exchange needs Linux on x86-64")
+@pytest.mark.skipif(not SHARED_MEMORY, reason="the fallback from shared memory needs a host that has it")
 def test_ranks_that_cannot_share_memory_fall_back_to_broadcasts(model, tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_WITHOUT_SHARED_MEMORY % dict(blocks=BLOCKS, steps=STEPS, prompt=PROMPT, seed=SEED))

@@ -32,7 +32,7 @@ from demo_support import (TICK_TIMEOUT_S, api_values, call_compare, free_port, l
 REPO = Path(__file__).resolve().parent.parent
 POOL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", mode="cascade", blocks=3, steps=2,
                        window=2, stride=1, executor="distributed", workers=2, threads=1)
-KILLED_BAR_S = 10  # issue 15: a killed worker fails its run within 10 s
+KILLED_BAR_S = 10  # the README's promise: a killed worker fails its run within 10 s (the one time bound asserted)
 HUNG_S = 2.0  # the Service tests' tick timeout: a hung worker is found this long after the last tick
 
 

@@ -1,4 +1,6 @@
-"""BlockCausalPipeline against an oracle that spells out the context rule with full forwards."""
+"""BlockCausalPipeline against an oracle that spells out the context rule with full forwards of the
+plain model (no cache, no DenoiseJob, no executor): exact for serial schedules, and for cascades on
+a one-layer model."""
 
 import copy
 import dataclasses
@@ -22,13 +24,24 @@ LAYOUT = LatentLayout(channels=3, frames_per_block=2, height=8, width=8)
 PROMPT, SEED = "a red circle", 3
 
 
-@pytest.fixture(scope="module")
-def model():
+def make_model(num_layers: int) -> CascadeModel:
     torch.manual_seed(0)
-    transformer = CausalWanTransformer(**CONFIG).eval()
+    transformer = CausalWanTransformer(**{**CONFIG, "num_layers": num_layers}).eval()
     sampler = FlowMatchSampler((1000, 750, 500), shift=5.0, prediction="flow")
     return CascadeModel("test-tiny", "random test model", transformer, RandomTextEncoder(16, 4, "cpu", torch.float32),
                         decode_pixels, sampler, LAYOUT, 8.0, random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(CONFIG["num_layers"])
+
+
+@pytest.fixture(scope="module")
+def one_layer():
+    """With one layer, the K/V a block leaves in the cache depend on its own input and timestep
+    alone, not on what it attended to: so a full forward reproduces them for any schedule."""
+    return make_model(1)
 
 
 @torch.no_grad()
@@ -36,9 +49,10 @@ def full_forward_oracle(model, schedule):
     """Runs a serial schedule with no cache: each item is one full forward over frames 0..b under
     a block-causal mask, earlier blocks fed what they were fed in their latest forward.
 
-    This is exact only where an earlier block's context did not change after its latest forward
-    (serial schedules): in a cascade, the K/V a block left behind were computed while it attended
-    to its predecessors' *then* state, which a fresh full forward cannot reproduce."""
+    This is exact where an earlier block's context did not change after its latest forward (serial
+    schedules), or where a block's K/V do not depend on its context (a one-layer model): in a
+    cascade, the deeper layers' K/V a block left behind were computed while it attended to its
+    predecessors' *then* state, which a fresh full forward cannot reproduce."""
     sampler, lay = model.sampler, model.layout
     text, _ = model.encode_text([PROMPT])
     current = {}  # block -> latest x
@@ -71,9 +85,11 @@ def full_forward_oracle(model, schedule):
 
 @torch.no_grad()
 def snapshot_oracle(model, schedule):
-    """The context rule spelled out with copies instead of staging: every item of a tick runs on
-    its own copy of the cache as it was when the tick began; only its own frames' K/V are then
-    copied into the cache of the next tick."""
+    """Staging against copies, on the two-layer model: every item of a tick runs (through the same
+    ``DenoiseJob.run`` as the pipeline) on its own copy of the cache as it was when the tick began;
+    only its own frames' K/V are then copied into the cache of the next tick. Not independent of
+    the job's forward: it checks the staging and committing of the executors, where the one-layer
+    full-forward test checks the context rule itself."""
     text, _ = model.encode_text([PROMPT])
     job = DenoiseJob(model.transformer, text, model.sampler, model.layout, schedule.num_blocks, SEED)
     cache = job.new_cache("cpu")
@@ -115,6 +131,14 @@ def test_ode_sampler_pipeline_equals_full_forward_oracle(model):
     assert (output.latents - full_forward_oracle(ode, schedule)).abs().max().item() <= 1e-5
     fresh = BlockCausalPipeline(model)(PROMPT, schedule, LocalExecutor(), seed=SEED)
     assert (output.latents - fresh.latents).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", list(CASCADES))
+@pytest.mark.parametrize("batched", [False, True])
+def test_cascade_pipeline_on_one_layer_equals_full_forward_oracle(one_layer, name, batched):
+    schedule = make_schedule(4, 3, **CASCADES[name])
+    output = BlockCausalPipeline(one_layer)(PROMPT, schedule, LocalExecutor(batched=batched), seed=SEED)
+    assert (output.latents - full_forward_oracle(one_layer, schedule)).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("name", list(SERIAL) + list(CASCADES))

@@ -66,9 +66,10 @@ def test_waiters_get_their_turn_in_the_order_they_arrived():
 
     with lock.turn():
         threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
-        for t in threads:
+        for i, t in enumerate(threads):
             t.start()
-            time.sleep(0.05)  # thread i is waiting before thread i + 1 arrives
+            while lock._next_ticket < i + 2:  # thread i holds its ticket before thread i + 1 arrives
+                time.sleep(0.001)
     for t in threads:
         t.join(timeout=5)
     assert order == [0, 1, 2, 3]
@@ -113,8 +114,7 @@ def test_a_waiter_interrupted_in_the_queue_does_not_stop_the_turns_after_it():
     release.set()
     assert served.wait(5)
     holder.join(5), behind.join(5)
-    with lock.turn() as waited:  # and the lock is free afterwards
-        assert waited < 1
+    assert lock._serving == lock._next_ticket == 3  # and the lock is free: every ticket is done with
 
 
 @pytest.mark.parametrize("mode", ["serial", "cascade"])
@@ -202,10 +202,14 @@ def test_close_leaves_no_worker_process_and_no_shared_memory_file(tmp_path):
 
 def test_warm_up_starts_what_the_request_uses_and_writes_nothing_to_keep(service):
     service.warm_up(replace(SMALL, executor="distributed", workers=2))
-    assert len(service._pools) == 1
+    (pool,) = service._pools.values()
+    started = pool.worker_pids
+    assert len(started) == 2 and all(alive(pid) for pid in started)  # started, not merely made
     assert not service.output_root.exists() or not any(service.output_root.iterdir())
     result = service.compare(replace(SMALL, executor="distributed", workers=2))
-    assert result.stats["queued_s"] < 1.0  # the pool was already started
+    (used,) = service._pools.values()
+    assert used is pool and used.worker_pids == started  # the comparison ran on the warmed-up pool
+    assert (result.stats["cascade"]["executor"], result.stats["cascade"]["workers"]) == ("distributed", 2)
 
 
 def test_unset_settings_take_the_models_then_the_fallback_defaults():
