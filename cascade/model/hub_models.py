@@ -55,10 +55,11 @@ def fetch_preset(preset: HubPreset, with_generator: bool = True) -> dict[HubFile
 
 
 def absent_files(preset: HubPreset) -> list[HubFile]:
-    """What the cache lacks for the preset (shards too once the index is there); no network."""
+    """What the cache lacks for the preset (any further shard too once the index is there); no network."""
     absent = missing(preset_files(preset))
     index = cached(TEXT_ENCODER_INDEX)
-    return absent + (missing(shards_of(index, TEXT_ENCODER_INDEX)) if index is not None else [])
+    shards = shards_of(index, TEXT_ENCODER_INDEX) if index is not None else []
+    return absent + [f for f in missing(shards) if f not in absent]
 
 
 # ----------------------------------------------------------------------------- memory
