@@ -34,8 +34,6 @@ TINY_VAE = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, te
                 latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0])
 WORDS = "a an the red blue cat dog bird runs flies over on in beach snow city at night slowly".split()
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-# the text encoder's shards as the real Wan repository names them (its index lists these five)
-UPSTREAM_TEXT_ENCODER_SHARDS = tuple(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6))
 
 # diffusers name -> original Wan name: REFERENCES.md's table read backwards (test side only).
 _TO_ORIGINAL = (
@@ -135,6 +133,10 @@ class FakeHubCache:
         path = self.snapshot(repo) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+
+# the text encoder's shards as the real Wan repository names them (its index lists these five)
+UPSTREAM_TEXT_ENCODER_SHARDS = tuple(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6))
 
 
 def reshard(folder: Path, names: tuple[str, ...], index_name: str = "model.safetensors.index.json") -> None:
