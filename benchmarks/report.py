@@ -20,6 +20,7 @@
     python -m benchmarks.bench_cache
     python -m benchmarks.bench_switch --json benchmarks/results/bench_switch.json
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine
+    bash benchmarks/device_check.sh     # on a GPU machine: bench_gpu, device_check.json/.md, then this report
     python -m benchmarks.report
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("bench_visitor.md", "cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "bench_cache.md", "bench_switch.md")
+SECTIONS = ("bench_visitor.md", "cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "device_check.md", "bench_cache.md", "bench_switch.md")
 
 HEADER = """# Benchmarks
 

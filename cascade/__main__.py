@@ -1,4 +1,4 @@
-"""Command line: ``python -m cascade generate|compare|bench|eval|train|convert|env|download ...`` (see ``--help`` of each).
+"""Command line: ``python -m cascade generate|compare|bench|eval|train|convert|env|download|placement ...`` (see ``--help`` of each).
 
 Each command is a thin caller of ``cascade.service.Service``."""
 
@@ -149,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     environment = commands.add_parser("env", help="this machine, the libraries, every model's status and what "
                                                   "`python app.py` would run (offline; for bug reports)")
     environment.set_defaults(run=env.main)
+    from . import download, placement_table
+
+    fetching = commands.add_parser("download", help="fetch a Hub preset's files into the Hugging Face cache ahead "
+                                                    "of time (resumable)")
+    download.add_arguments(fetching)
+    fetching.set_defaults(run=download.main)
+    placing = commands.add_parser("placement", help="what each GPU holds for a Hub preset on 1, 2 and 4 GPUs "
+                                                    "(the memory plan)")
+    placement_table.add_arguments(placing)
+    placing.set_defaults(run=placement_table.main)
     return parser
 
 

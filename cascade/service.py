@@ -38,6 +38,7 @@ from .backend import LocalExecutor
 from .backend.rank import KV_EXCHANGES, TICK_TIMEOUT_S
 from .caching import BWCacheConfig
 from .costs import ForwardCosts
+from .model.placement import pool_workers
 from .model.presets import (CascadeModel, PresetLoader, available_models, default_model_name, load_model,
                              preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
@@ -428,8 +429,8 @@ class Service:
         (per GPU, or per CPU core with one thread each), the model's own settings otherwise."""
         from .backend.pool import usable_cores
 
-        workers = torch.cuda.device_count() if self.device == "cuda" else usable_cores()
-        if workers < 2:
+        workers = pool_workers(torch.cuda.device_count() if self.device == "cuda" else usable_cores())
+        if not workers:
             return GenerateRequest(prompt=prompt, mode="cascade", executor="batched")
         return GenerateRequest(prompt=prompt, mode="cascade", executor="distributed", workers=workers,
                                threads=None if self.device == "cuda" else 1)
@@ -528,16 +529,27 @@ class Service:
             result.files = write_compare_files(videos.folder, result, videos.files)
         return result
 
-    def warm_up(self, request: GenerateRequest | None = None) -> None:
+    def warm_up(self, request: GenerateRequest | None = None, executors: tuple[str, ...] = ()) -> None:
         """Load the model, start the pool and run a short comparison on every executor that
         ``request`` (default: the default comparison) uses, files included, so that the first
-        request a user makes is timed like every later one. The short run keeps the video's
-        geometry (so pools reuse their K/V caches) and runs one step per block."""
+        request a user makes is timed like every later one: on a GPU, every executor's first CUDA
+        kernels (and a pool's first NCCL exchange) run here. ``executors``: more executors a
+        caller will offer besides the request's own (a page's one-device backend beside its pool),
+        each warmed with the request's model and video on it, the schedule's knobs planned for it
+        as a page leaves them; a one-device executor that is not the request's own uses the whole
+        device (``threads`` None), as a page's one-device backend does. The short runs keep the
+        video's geometry (so pools reuse their K/V caches) and run one step per block. A pool's
+        comparison runs its serial side on one device (``local``) as well."""
         request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
-        self.resolve(request)  # a request that cannot run fails here, before the warm-up's work
-        short = replace(request, prompt=WARM_UP_PROMPT, prompt_schedule=None, steps=1, stride=1)
-        with tempfile.TemporaryDirectory() as folder:
-            self.compare(short, folder=folder)
+        others = [replace(request, executor=e, threads=None if e != "distributed" else request.threads,
+                          **dict.fromkeys(PLAN_KNOBS))
+                  for e in dict.fromkeys(executors) if e != request.executor]
+        for each in (request, *others):  # a request that cannot run fails here, before the warm-up's work
+            self.resolve(each)
+        for each in (request, *others):
+            short = replace(each, prompt=WARM_UP_PROMPT, prompt_schedule=None, steps=1, stride=1)
+            with tempfile.TemporaryDirectory() as folder:
+                self.compare(short, folder=folder)
 
     # --- inside a turn ---------------------------------------------------------------------
 

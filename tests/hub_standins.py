@@ -174,6 +174,28 @@ class FakeHubCache:
         return path
 
 
+# the text encoder's shards as the real Wan repository names them (its index lists these five)
+UPSTREAM_TEXT_ENCODER_SHARDS = tuple(f"model-{i:05d}-of-00005.safetensors" for i in range(1, 6))
+
+
+def reshard(folder: Path, names: tuple[str, ...], index_name: str = "model.safetensors.index.json") -> None:
+    """The sharded safetensors checkpoint in ``folder`` rewritten as exactly the shards ``names``
+    (its tensors dealt out in turn), with its index naming them."""
+    from safetensors.torch import load_file, save_file
+
+    index_path = folder / index_name
+    index = json.loads(index_path.read_text())
+    tensors = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(str(folder / shard)))
+        (folder / shard).unlink()
+    weight_map = {name: names[i % len(names)] for i, name in enumerate(sorted(tensors))}
+    for shard in names:
+        save_file({n: tensors[n] for n, s in weight_map.items() if s == shard}, str(folder / shard),
+                  metadata={"format": "pt"})
+    index_path.write_text(json.dumps({**index, "weight_map": weight_map}, indent=1))
+
+
 def write_wan_repo(cache: FakeHubCache) -> None:
     """The diffusers-format Wan repository's parts the presets use, in tiny configurations."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -183,7 +205,8 @@ def write_wan_repo(cache: FakeHubCache) -> None:
     cache.path(WAN_REPO, "transformer/config.json").write_text(json.dumps(TINY_TRANSFORMER))
     torch.manual_seed(1)
     encoder = UMT5EncoderModel(UMT5Config(**TINY_UMT5)).eval()
-    encoder.save_pretrained(snapshot / "text_encoder", max_shard_size="8KB")  # sharded, with an index, as the real one
+    encoder.save_pretrained(snapshot / "text_encoder", max_shard_size="8KB")
+    reshard(snapshot / "text_encoder", UPSTREAM_TEXT_ENCODER_SHARDS)  # sharded, with an index, as the real one
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
     words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()

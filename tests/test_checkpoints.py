@@ -373,16 +373,20 @@ def test_a_partial_cache_reports_just_what_is_missing(offline_hub):
 
 
 def test_too_little_memory_is_a_clear_error_and_a_short_gpu_moves_the_text_encoder(offline_hub, monkeypatch):
-    needs = hub_models.MemoryNeeds(generator=3 * 2**30, vae=2**29, kv_cache=6 * 2**30, text_encoder=11 * 2**30)
+    needs = hub_models.Parts(transformer=3 * 2**30, vae=2**29, kv_cache=6 * 2**30, text_encoder=11 * 2**30)
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert hub_models.place_text_encoder(gpu, needs, 40 * 2**30, 64 * 2**30, "m") == gpu
     assert hub_models.place_text_encoder(gpu, needs, 20 * 2**30, 64 * 2**30, "m") == cpu
-    with pytest.raises(ValueError, match=r"m needs about 11.5 GiB on cuda and 8.0 GiB are free"):
+    # a pool worker shares the model's GPU: its transformer and K/V leave no room for the text encoder
+    assert hub_models.place_text_encoder(gpu, needs, 30 * 2**30, 64 * 2**30, "m", gpus=1) == gpu
+    assert hub_models.place_text_encoder(gpu, needs, 30 * 2**30, 64 * 2**30, "m", gpus=2) == cpu
+    with pytest.raises(ValueError, match=r"m needs about 12.3 GB on cuda:0 \(service: transformer, VAE, K/V cache "
+                                         r"\(12.3 GB\)\) and 8.6 GB are free there"):
         hub_models.place_text_encoder(gpu, needs, 8 * 2**30, 64 * 2**30, "m")
-    with pytest.raises(ValueError, match=r"on the CPU for the text encoder"):
+    with pytest.raises(ValueError, match=r"m's text encoder needs about 11.8 GB on the CPU"):
         hub_models.place_text_encoder(gpu, needs, 20 * 2**30, 4 * 2**30, "m")
     monkeypatch.setattr(hub_models, "free_memory", lambda device: 2**20)
-    with pytest.raises(ValueError, match=r"causvid-1.3b needs about 2.0 GiB on the CPU and 0.0 GiB are free"):
+    with pytest.raises(ValueError, match=r"causvid-1.3b needs about 2.1 GB on the CPU and 0.0 GB are free"):
         load_model("causvid-1.3b")
 
 

@@ -16,11 +16,15 @@ WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 TRANSFORMER_CONFIG = HubFile(WAN_REPO, "transformer/config.json")
 TEXT_ENCODER_CONFIG = HubFile(WAN_REPO, "text_encoder/config.json")
 TEXT_ENCODER_INDEX = HubFile(WAN_REPO, "text_encoder/model.safetensors.index.json")
+# umT5-XXL in float32 over the five shards the index names (REFERENCES.md): listed here too, so that
+# whatever fetches ahead of time (the Space's preload_from_hub, `download`) knows them before the index
+TEXT_ENCODER_SHARDS = tuple(HubFile(WAN_REPO, f"text_encoder/model-{i:05d}-of-00005.safetensors") for i in range(1, 6))
 TOKENIZER_FILES = tuple(HubFile(WAN_REPO, f"tokenizer/{name}")
                         for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"))
 VAE_CONFIG = HubFile(WAN_REPO, "vae/config.json")
 VAE_WEIGHTS = HubFile(WAN_REPO, "vae/diffusion_pytorch_model.safetensors")
-BASE_FILES = (TRANSFORMER_CONFIG, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX, *TOKENIZER_FILES, VAE_CONFIG, VAE_WEIGHTS)
+BASE_FILES = (TRANSFORMER_CONFIG, TEXT_ENCODER_CONFIG, TEXT_ENCODER_INDEX, *TEXT_ENCODER_SHARDS, *TOKENIZER_FILES,
+              VAE_CONFIG, VAE_WEIGHTS)
 
 PROMPT_LENGTH = 512  # umT5 tokens; the checkpoints were trained on zero-padded 512-token prompts
 VAE_STRIDE = 8  # pixels per latent position
@@ -63,7 +67,7 @@ class HubPreset:
         return HubFile(self.repo, self.lora.filename) if self.lora else None
 
     def files(self) -> list[HubFile]:
-        """Everything the preset needs before the text encoder's shards are known."""
+        """Every file the preset needs (the loaders also fetch any further shard the index names)."""
         own = [self.generator_file] + ([self.lora_file] if self.lora else [])
         return [*BASE_FILES, *own]
 

@@ -37,14 +37,14 @@ class HubFile:
         return f"{self.repo}/{self.filename}"
 
 
-def cached(file: HubFile) -> Path | None:
-    """Where ``file`` is in the local cache, or None; never touches the network."""
-    found = try_to_load_from_cache(file.repo, file.filename)
+def cached(file: HubFile, cache_dir: str | Path | None = None) -> Path | None:
+    """Where ``file`` is in the local cache (default: the Hub cache), or None; never touches the network."""
+    found = try_to_load_from_cache(file.repo, file.filename, cache_dir=cache_dir)
     return Path(found) if isinstance(found, str) else None
 
 
-def missing(files: list[HubFile]) -> list[HubFile]:
-    return [f for f in files if cached(f) is None]
+def missing(files: list[HubFile], cache_dir: str | Path | None = None) -> list[HubFile]:
+    return [f for f in files if cached(f, cache_dir) is None]
 
 
 def fetch(files: list[HubFile], purpose: str) -> dict[HubFile, Path]:
@@ -53,7 +53,7 @@ def fetch(files: list[HubFile], purpose: str) -> dict[HubFile, Path]:
     ``purpose`` names what needs the files (a preset) in the error message."""
     absent = missing(files)
     if absent:
-        problems = _lookup_problems(absent)
+        problems = lookup_problems(absent)
         if problems:
             raise ValueError(missing_files_message(purpose, absent, problems))
         for file in absent:
@@ -74,22 +74,28 @@ def shards_of(index: Path, index_file: HubFile) -> list[HubFile]:
 
 def missing_files_message(purpose: str, absent: list[HubFile], problems: list[str]) -> str:
     """One message: why the files cannot be had, which they are, and the commands that fetch them."""
-    by_repo: dict[str, list[HubFile]] = {}
-    for file in absent:
-        by_repo.setdefault(file.repo, []).append(file)
+    grouped = by_repo(absent)
     lines = [f"{purpose} needs {len(absent)} file(s) that are not in the Hugging Face cache "
              f"({constants.HF_HUB_CACHE}): " + "; ".join(problems) + "."]
-    for repo, files in by_repo.items():
+    for repo, files in grouped.items():
         lines.append(f"  {repo}: {', '.join(f.filename for f in files)}")
     lines.append("Fetch them where the Hub can be reached (then copy the cache here, or point HF_HOME at it):")
-    lines += [f"  {command}" for command in _commands(by_repo)]
+    lines += [f"  {command}" for command in _commands(grouped)]
     return "\n".join(lines)
 
 
-def _commands(by_repo: dict[str, list[HubFile]]) -> list[str]:
+def by_repo(files: list[HubFile]) -> dict[str, list[HubFile]]:
+    """``files`` grouped by repository, in order."""
+    grouped: dict[str, list[HubFile]] = {}
+    for file in files:
+        grouped.setdefault(file.repo, []).append(file)
+    return grouped
+
+
+def _commands(grouped: dict[str, list[HubFile]]) -> list[str]:
     """One ``hf download REPO FILE...`` per repository, plus one per index (a whole folder)."""
     commands = []
-    for repo, files in by_repo.items():
+    for repo, files in grouped.items():
         plain = [f.filename for f in files if not f.filename.endswith(INDEX_SUFFIX)]
         if plain:
             commands.append(f"hf download {repo} {' '.join(plain)}")
@@ -101,7 +107,7 @@ class _Unreachable(Exception):
     """The Hub cannot be asked at all: every other file would fail the same way."""
 
 
-def _lookup_problems(absent: list[HubFile]) -> list[str]:
+def lookup_problems(absent: list[HubFile]) -> list[str]:
     """Why absent files cannot be downloaded (empty: all can be). One request per file, none
     once the Hub has proved unreachable, so an offline machine answers at once."""
     if constants.HF_HUB_OFFLINE:

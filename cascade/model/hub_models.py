@@ -23,11 +23,10 @@ from .checkpoints import (FRAMES_PER_BLOCK, TEXT_ENCODER_CONFIG, TEXT_ENCODER_IN
                           TRANSFORMER_CONFIG, VAE_CONFIG, VAE_STRIDE, WAN_FPS, HubPreset, hub_preset)
 from .convert import PROVENANCE_FILE, WEIGHTS_NAME, check_weights, convert_checkpoint, expected_shapes, read_config
 from .hub import HubFile, cached, fetch, missing, missing_files_message, shards_of
+from .placement import GB, WORKING_MEMORY, Parts, kv_cache_bytes, place
 from .transformer import CausalWanTransformer
 from .wan import load_text_encoder, load_vae
 
-GiB = 2**30
-HEADROOM = 2 * GiB  # activations and allocator slack beyond weights and the KV cache
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -49,33 +48,14 @@ def fetch_preset(preset: HubPreset, with_generator: bool = True) -> dict[HubFile
 
 
 def absent_files(preset: HubPreset) -> list[HubFile]:
-    """What the cache lacks for the preset (shards too once the index is there); no network."""
+    """What the cache lacks for the preset (any further shard too once the index is there); no network."""
     absent = missing(preset_files(preset))
     index = cached(TEXT_ENCODER_INDEX)
-    return absent + (missing(shards_of(index, TEXT_ENCODER_INDEX)) if index is not None else [])
+    shards = shards_of(index, TEXT_ENCODER_INDEX) if index is not None else []
+    return absent + [f for f in missing(shards) if f not in absent]
 
 
 # ----------------------------------------------------------------------------- memory
-
-@dataclass(frozen=True)
-class MemoryNeeds:
-    """Bytes each part takes at the dtype it runs in."""
-
-    generator: int
-    vae: int
-    kv_cache: int
-    text_encoder: int
-
-    @property
-    def main(self) -> int:
-        """What has to be on the model's device."""
-        return self.generator + self.vae + self.kv_cache + HEADROOM
-
-    def describe(self) -> str:
-        return (f"generator {self.generator / GiB:.1f} GiB, VAE {self.vae / GiB:.1f} GiB, KV cache "
-                f"{self.kv_cache / GiB:.1f} GiB, text encoder {self.text_encoder / GiB:.1f} GiB, "
-                f"+{HEADROOM / GiB:.0f} GiB working memory")
-
 
 def _numel(build) -> int:
     with torch.device("meta"):
@@ -83,22 +63,30 @@ def _numel(build) -> int:
 
 
 def memory_needs(preset: HubPreset, config: dict, paths: dict[HubFile, Path], dtype: torch.dtype,
-                 blocks: int) -> MemoryNeeds:
-    """What the parts of ``preset`` take in ``dtype`` for a video of ``blocks``, counted from their
-    configurations on empty (meta) modules: nothing is loaded."""
-    from transformers import UMT5Config, UMT5EncoderModel
+                 blocks: int) -> Parts:
+    """What the parts of ``preset`` take in ``dtype`` for a video of ``blocks``, counted from the
+    configurations in the cache on empty (meta) modules: nothing is loaded."""
+    from transformers import UMT5Config
 
-    size = torch.empty((), dtype=dtype).element_size()
     text_config = UMT5Config.from_pretrained(paths[TEXT_ENCODER_CONFIG].parent)
     vae_config = AutoencoderKLWan.load_config(paths[VAE_CONFIG].parent)
+    return parts_of(preset, config, text_config, vae_config, dtype, blocks)
+
+
+def parts_of(preset: HubPreset, config: dict, text_config, vae_config: dict, dtype: torch.dtype, blocks: int) -> Parts:
+    """The parts' bytes from their configurations (transformer, ``UMT5Config``, VAE) in ``dtype``,
+    the K/V cache for ``blocks`` of the preset's video."""
+    from transformers import UMT5EncoderModel
+
+    size = torch.empty((), dtype=dtype).element_size()
     _, patch_h, patch_w = config["patch_size"]
     tokens = (preset.height // VAE_STRIDE // patch_h) * (preset.width // VAE_STRIDE // patch_w)
-    per_token = 2 * config["num_layers"] * config["num_attention_heads"] * config["attention_head_dim"]  # K and V
-    return MemoryNeeds(
-        generator=sum(s.numel() for s in expected_shapes(config).values()) * size,
-        vae=_numel(lambda: AutoencoderKLWan.from_config(vae_config)) * size,
-        kv_cache=per_token * tokens * blocks * FRAMES_PER_BLOCK * size,
+    return Parts(
+        transformer=sum(s.numel() for s in expected_shapes(config).values()) * size,
         text_encoder=_numel(lambda: UMT5EncoderModel(text_config)) * size,
+        vae=_numel(lambda: AutoencoderKLWan.from_config(vae_config)) * size,
+        kv_cache=kv_cache_bytes(config["num_layers"], config["num_attention_heads"], config["attention_head_dim"],
+                                tokens, blocks * FRAMES_PER_BLOCK, size),
     )
 
 
@@ -108,32 +96,30 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def place_text_encoder(device: torch.device, needs: MemoryNeeds, free_device: int, free_host: int,
-                       name: str) -> torch.device:
-    """Where the text encoder goes: with the model if everything fits there, else on the CPU
-    (it runs once per prompt); a ValueError when the parts fit nowhere."""
-    def too_little(where: str, need: int, free: int) -> ValueError:
-        return ValueError(f"{name} needs about {need / GiB:.1f} GiB on {where} and {free / GiB:.1f} GiB are free "
-                          f"({needs.describe()}); free memory there or use a device with more")
-
-    if device.type != "cuda":
-        if needs.main + needs.text_encoder > free_host:
-            raise too_little("the CPU", needs.main + needs.text_encoder, free_host)
-        return device
-    if needs.main > free_device:
-        raise too_little(str(device), needs.main, free_device)
-    if needs.main + needs.text_encoder <= free_device:
-        return device
-    if needs.text_encoder > free_host:
-        raise too_little("the CPU for the text encoder", needs.text_encoder, free_host)
-    return torch.device("cpu")
+def place_text_encoder(device: torch.device, needs: Parts, free_device: int, free_host: int, name: str,
+                       gpus: int = 1) -> torch.device:
+    """Where the text encoder goes: on a GPU, by the memory plan of ``gpus`` GPUs of the model's
+    kind (``placement.place``: with the model when its GPU holds everything the plan puts there,
+    else on the CPU, where it runs once per prompt); on the CPU, with the model. ValueError when
+    the parts fit nowhere."""
+    if device.type == "cuda":
+        plan = place(needs, gpus, free_device, free_host, name)
+        return torch.device("cpu") if plan.text_encoder_device == "cpu" else device
+    whole = needs.transformer + needs.vae + needs.kv_cache + needs.text_encoder + WORKING_MEMORY
+    if whole > free_host:
+        raise ValueError(f"{name} needs about {whole / GB:.1f} GB on the CPU and {free_host / GB:.1f} GB are free "
+                         f"({needs.describe()}); free memory there or use a device with more")
+    return device
 
 
 def plan_text_device(preset: HubPreset, config: dict, paths: dict[HubFile, Path], device: torch.device,
                      dtype: torch.dtype) -> torch.device:
+    """Where the text encoder goes for the preset's own video on this machine (its GPUs: the
+    Service's default pool of one worker per GPU shares the model's GPU)."""
     blocks = preset.run_defaults.get("blocks", 1)
     needs = memory_needs(preset, config, paths, dtype, blocks)
-    return place_text_encoder(device, needs, free_memory(device), free_memory(torch.device("cpu")), preset.name)
+    gpus = max(1, torch.cuda.device_count()) if device.type == "cuda" else 0
+    return place_text_encoder(device, needs, free_memory(device), free_memory(torch.device("cpu")), preset.name, gpus)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -230,8 +216,11 @@ class PresetStatus:
 def hub_preset_status(preset: HubPreset, device: torch.device) -> PresetStatus:
     """Runnable when every file is in the cache and the parts fit in memory; asks no network."""
     absent = absent_files(preset)
-    if absent:
-        return PresetStatus(preset.name, False, missing_files_message(preset.name, absent, ["not downloaded yet"]))
+    if absent:  # the first line is what a page or `env` shows: what it needs, and the command that fetches it
+        return PresetStatus(preset.name, False,
+                            f"{len(absent)} file(s) not in the Hugging Face cache yet: `python -m cascade download "
+                            f"{preset.name}` fetches them\n" + missing_files_message(preset.name, absent,
+                                                                                       ["not downloaded yet"]))
     paths = {f: cached(f) for f in preset.files()}
     paths.update({f: cached(f) for f in shards_of(paths[TEXT_ENCODER_INDEX], TEXT_ENCODER_INDEX)})
     try:
