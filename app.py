@@ -6,24 +6,22 @@ what the page shows is drawn by ``cascade.ui``. Gradio's queue runs one comparis
 ``concurrency_id``, limit 1), so two runs never share the backend and the timings stay honest; at
 most ``QUEUE_SIZE`` wait behind it, and the next visitor is told the queue is full. What a request
 may ask (blocks, steps, which models) is the Service's to say and check (``Service.offer``,
-``Offer.request``); the page offers it and shows its one-line errors. ``build_demo(service)``
+``Offer.request``); the page offers it and shows its one-line errors. ``build_demo(page_backend(service))``
 builds the page for any such Service, so tests and benchmarks launch it with a small one. Ctrl-C
 closes the Service on the way out: a run in progress fails, and no worker or shared memory is left.
+
+Every pool worker runs this file again (multiprocessing's fork server imports the main module),
+so its top imports only the standard library; torch, the model code and Gradio are imported by the
+functions that need them, and ``main`` orders them so the start-up uses both cores: the pool's
+fork server first (it imports the workers' modules on its own core), then the Service and its
+warm-up on a thread, then Gradio and the page while the warm-up runs.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import gradio as gr
-
-from cascade.service import (FORM_SEED_MAX, MAX_PROMPT_CHARS, RUN_LABELS, THRESHOLD_MAX, VARIANTS, GenerateRequest,
-                             Offer, Service)
-from cascade.ui.errors import user_error
-from cascade.ui.replay import race_replay
-from cascade.ui.tables import presets_note
-from cascade.ui.updates import OUTPUTS, page_updates
-from cascade.ui.warm_up import Backend
+from cascade.backend.fork_server import start_fork_server
 
 EXAMPLES_FILE = Path(__file__).parent / "examples" / "prompts.json"
 BACKEND = "backend"  # the one concurrency group every comparison queues in
@@ -33,8 +31,9 @@ CACHE_SWEEP_S = 600
 # At the defaults a 2-core CPU box serves about 24 comparisons a minute (benchmarks/bench_load.py),
 # so the last in line waits under a minute.
 QUEUE_SIZE = 16
-# Warming up while Gradio starts made the first comparison 4.7x slower than later ones on a
-# 2-core box (both compete for the cores); warming up first serves the page later (bench_app: 31 s, not 16 s).
+# The warm-up always overlaps Gradio's import and the page's build; "before" serves the page once it
+# is done. Serving while it runs made the first comparison 4.7x slower than later ones on a 2-core
+# box (the two compete for the cores).
 WARM_UP = "before"
 PLANNED_SETTINGS = slice(5, 9)  # window, stride, variant, recache among Offer.request's settings after the prompt
 
@@ -62,14 +61,27 @@ def load_examples(path: Path = EXAMPLES_FILE, kind: str = "prompts") -> list[str
     return json.loads(Path(path).read_text())[kind]
 
 
-def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_size: int = QUEUE_SIZE,
-               warm_up_in_background: bool = True) -> gr.Blocks:
-    """The page and the ``compare`` API for ``service`` (warmed up in the background from now on).
-    ``defaults``: the page's default settings (default: the service's best for this machine);
-    ``queue_size``: comparisons that may wait at once (page and API together) before the next
-    is refused with "Queue is full"; ``warm_up_in_background``: see ``cascade.ui.warm_up.Backend``."""
-    offer = service.offer(defaults or service.default_request(load_examples()[0]))
-    backend = Backend(service, offer, background=warm_up_in_background)
+def page_backend(service, defaults=None, background: bool = True):
+    """The page's ``cascade.ui.warm_up.Backend`` for ``service``, warming up on a thread from now on
+    (``background=False``: warmed up when it returns). ``defaults``: the page's default
+    ``GenerateRequest`` (default: the service's best for this machine)."""
+    from cascade.ui.warm_up import Backend
+
+    return Backend(service, service.offer(defaults or service.default_request(load_examples()[0])), background)
+
+
+def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
+    """The page and the ``compare`` API on ``backend`` (see ``page_backend``). ``queue_size``:
+    comparisons that may wait at once (page and API together) before the next is refused with
+    "Queue is full". Every comparison waits for the backend's warm-up."""
+    import gradio as gr
+
+    from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS
+    from cascade.ui.errors import user_error
+    from cascade.ui.replay import race_replay
+    from cascade.ui.updates import OUTPUTS, page_updates
+
+    offer = backend.offer
     with gr.Blocks(title="Block Cascading vs serial", delete_cache=(CACHE_SWEEP_S, OUTPUT_TTL_S)) as demo:
         gr.Markdown(HEADER)
         with gr.Row(equal_height=True):
@@ -84,7 +96,7 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_
                               placeholder="0: a red circle moving right\n4: a blue circle moving right")
         gr.Examples(examples=[[p] for p in load_examples(kind="prompt_schedules")], inputs=[schedule],
                     cache_examples=False, label="Prompt schedules (the prompt switches mid-video)")
-        settings = settings_panel(service, offer)
+        settings = settings_panel(backend.service.device, offer)
         shown = {"note": gr.HTML(elem_id="note"),
                  "speedup": gr.Markdown("Press **Compare** to run both pipelines.", elem_id="speedup")}
         with gr.Row(equal_height=False):
@@ -130,8 +142,14 @@ def build_demo(service: Service, defaults: GenerateRequest | None = None, queue_
     return demo.queue(max_size=queue_size)
 
 
-def settings_panel(service: Service, offer: Offer) -> list:
-    """The plan checkbox, then the settings in the order ``Offer.request`` takes them after the prompt."""
+def settings_panel(device: str, offer) -> list:
+    """The plan checkbox, then the settings in the order ``Offer.request`` takes them after the
+    prompt, for an ``Offer`` on ``device``."""
+    import gradio as gr
+
+    from cascade.service import FORM_SEED_MAX, THRESHOLD_MAX, VARIANTS
+    from cascade.ui.tables import presets_note
+
     d = offer.defaults
     pool_default = d.executor == "distributed"
     with gr.Accordion("Settings", open=False, elem_id="settings"):
@@ -141,7 +159,7 @@ def settings_panel(service: Service, offer: Offer) -> list:
                                elem_id="blocks")
             steps = gr.Slider(1, offer.max_steps, value=d.steps, step=1, label="Steps per block", elem_id="steps")
         with gr.Row():
-            backend = gr.Radio([(f"worker pool (one worker per {'GPU' if service.device == 'cuda' else 'core'})",
+            backend = gr.Radio([(f"worker pool (one worker per {'GPU' if device == 'cuda' else 'core'})",
                                  "pool"), ("one device, batched", "batched")],
                                value="pool" if pool_default else "batched", label="Backend", elem_id="backend")
             workers = gr.Slider(1, offer.max_workers, value=d.workers if pool_default else 2, step=1,
@@ -172,9 +190,14 @@ def settings_panel(service: Service, offer: Offer) -> list:
     return [planned, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache, threshold, seed]
 
 
-def api_function(shared: Backend):
-    """The ``compare`` endpoint: a prompt and, optionally, every setting the page has (with the
-    page's defaults); returns the serial, cascade and side-by-side videos and every figure."""
+def api_function(shared):
+    """The ``compare`` endpoint on a ``Backend``: a prompt and, optionally, every setting the page
+    has (with the page's defaults); returns the serial, cascade and side-by-side videos and every
+    figure. (Gradio reads the endpoint's type hints, so they are evaluated: no postponed annotations here.)"""
+    import gradio as gr
+
+    from cascade.ui.errors import user_error
+
     offer = shared.offer
     d = offer.defaults
 
@@ -202,8 +225,10 @@ def api_function(shared: Backend):
     return compare
 
 
-def launch_options(service: Service) -> dict:
-    """What ``launch`` needs besides where to listen: the service's files may be served."""
+def launch_options(service) -> dict:
+    """What ``launch`` needs besides where to listen: the Service's files may be served."""
+    import gradio as gr
+
     return {"allowed_paths": [str(service.output_root)], "css": CSS, "theme": gr.themes.Soft()}
 
 
@@ -212,8 +237,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-up", choices=("before", "background"), default=WARM_UP,
                         help="warm the backend up before serving the page, or while Gradio starts")
     args = parser.parse_args(argv)
+    start_fork_server()
+    from cascade.service import Service
+
     with Service(ttl_s=OUTPUT_TTL_S) as service:
-        build_demo(service, warm_up_in_background=args.warm_up == "background").launch(**launch_options(service))
+        backend = page_backend(service)
+        demo = build_demo(backend)
+        if args.warm_up == "before":
+            backend.wait_until_ready()
+        demo.launch(**launch_options(service))
 
 
 if __name__ == "__main__":  # the pool's worker processes import this file too: start nothing there

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     steady = runs[1:]
     keys = ("wall_s", "serial_latency_s", "cascade_latency_s", "overhead_s", *(key for key, _ in OVERHEAD_PARTS),
             "app_overhead_s", "downloads_s", "speedup", "share_of_bound")
-    report = {"warm_up": args.warm_up or "app default", "serve_s": serve_s, "first": runs[0], "runs": runs,
+    import app  # light: the standard library and the fork server
+
+    report = {"warm_up": args.warm_up or f"{app.WARM_UP} (the app's default)", "serve_s": serve_s, "first": runs[0], "runs": runs,
               "steady": {key: summary(steady, key) for key in keys} if steady else {},
               "machine": machine()}
     write_report(args.out, "bench_app", report, markdown(report))

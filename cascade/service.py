@@ -482,8 +482,9 @@ class Service:
         with self._turn() as queued:
             request, model, plan = self._resolve(request)
             executor = self._executor(request, model)  # a request this backend cannot run leaves no folder
+            held = frozenset() if leaves_a_core_free(executor, self.device) else {request.mode}
             with StreamedVideos(self._folder(folder) if files else None, model.fps,
-                                {request.mode: "video.mp4"}, on_block) as videos:
+                                {request.mode: "video.mp4"}, on_block, held) as videos:
                 result = self._run(request, model, executor, progress, videos.on_block)
             if request.mode == "cascade":
                 result.stats["plan"] = plan_figures(plan, request, model, self._plan_backend(request, model),
@@ -512,18 +513,22 @@ class Service:
             serial_executor = (LocalExecutor(self._local_device(), threads=cascade_executor.threads)
                                if request.executor == "distributed" else cascade_executor)
             half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
+            executors = {"serial": serial_executor, "cascade": cascade_executor}
+            held = frozenset(run for run, e in executors.items() if not leaves_a_core_free(e, self.device))
             with StreamedVideos(self._folder(folder), model.fps, {run: f"{run}.mp4" for run in RUN_LABELS},
-                                on_block) as videos:
+                                on_block, held) as videos:
                 serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
                                    videos.on_block)
                 cascade = self._run(request, model, cascade_executor, half(0.5), videos.on_block)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-by-side") as beside:
-                # encoded on the other core while the quality figures are computed
-                side_by_side = beside.submit(write_side_by_side_file, videos.folder, serial, cascade, model.fps)
-                stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
-                waited = time.perf_counter()
-                videos.files["side_by_side.mp4"] = side_by_side.result()
-            stats["files_s"] = {"videos": videos.closing_s + time.perf_counter() - waited}
+                videos.release()
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-by-side") as beside:
+                    # the held videos and the side-by-side encode while the quality figures are computed
+                    side_by_side = beside.submit(write_side_by_side_file, videos.folder, serial, cascade, model.fps)
+                    stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
+                    waited = time.perf_counter()
+                    videos.files["side_by_side.mp4"] = side_by_side.result()
+                    beside_s = time.perf_counter() - waited
+            stats["files_s"] = {"videos": beside_s + videos.closing_s}
             stats["queued_s"] = queued
             result = CompareResult(serial, cascade, metrics.json_safe(stats))
             result.files = write_compare_files(videos.folder, result, videos.files)
@@ -806,32 +811,51 @@ def view_scale(height: int) -> int:
 class StreamedVideos:
     """Each run's mp4 in ``folder``, written as the run hands its blocks on (``video.Mp4Writer``):
     ``names`` maps a run ("serial", "cascade") to its file. ``on_block(run, block, frames, t)``
-    feeds the run's writer and then calls the caller's ``on_block``. Leaving the ``with`` block
-    finishes the files (``files``; ``closing_s``: how long that took beyond the runs). With no
-    folder, nothing is written and the caller's ``on_block`` is called as it is."""
+    feeds the run's writer and then calls the caller's ``on_block``; the blocks of a run in
+    ``held`` wait until ``release()`` (one that leaves no core for ffmpeg: see
+    ``leaves_a_core_free``). Leaving the ``with`` block releases what is held and finishes the
+    files (``files``; ``closing_s``: how long that took beyond the runs). With no folder, nothing
+    is written and the caller's ``on_block`` is called as it is."""
 
-    def __init__(self, folder: Path | None, fps: float, names: dict[str, str], on_block=None):
+    def __init__(self, folder: Path | None, fps: float, names: dict[str, str], on_block=None,
+                 held: frozenset[str] = frozenset()):
         self.folder, self.fps, self.names, self._on_block = folder, fps, names, on_block
         self._writers: dict = {}
+        self._held = {run: [] for run in held}
         self.files: dict[str, Path] = {}
         self.closing_s = 0.0
 
     def on_block(self, run: str, block: int, frames: np.ndarray, t: float) -> None:
         if self.folder is not None:
-            if run not in self._writers:
-                from .video import Mp4Writer  # deferred: moviepy is slow to import
-
-                self._writers[run] = Mp4Writer(self.folder / self.names[run], fps=self.fps,
-                                               scale=view_scale(frames.shape[1]))
-            self._writers[run].add(frames)
+            if run in self._held:
+                self._held[run].append(frames)
+            else:
+                self._write(run, frames)
         if self._on_block is not None:
             self._on_block(run, block, frames, t)
+
+    def _write(self, run: str, frames: np.ndarray) -> None:
+        if run not in self._writers:
+            from .video import Mp4Writer  # deferred: moviepy is slow to import
+
+            self._writers[run] = Mp4Writer(self.folder / self.names[run], fps=self.fps,
+                                           scale=view_scale(frames.shape[1]))
+        self._writers[run].add(frames)
+
+    def release(self) -> None:
+        """Hand the held runs' blocks to their writers (which encode them on their own threads)."""
+        for run, blocks in self._held.items():
+            for frames in blocks:
+                self._write(run, frames)
+        self._held = {}
 
     def __enter__(self) -> "StreamedVideos":
         return self
 
     def __exit__(self, error_type, *_) -> None:
         started = time.perf_counter()
+        if error_type is None:
+            self.release()
         for run, writer in self._writers.items():
             try:
                 self.files[self.names[run]] = writer.close()
@@ -839,6 +863,18 @@ class StreamedVideos:
                 if error_type is None:
                     raise  # else the run's own error is the one to report; its files are not kept
         self.closing_s = time.perf_counter() - started
+
+
+def leaves_a_core_free(executor, device: str) -> bool:
+    """Whether a run on ``executor`` leaves a CPU core for ffmpeg to encode its video on meanwhile.
+    On a 2-core box, encoding beside the default cascade (a pool of 2 one-thread workers) made
+    that run 6% slower, and the speedup shown with it; so such a run's video waits for its end."""
+    from .backend.pool import usable_cores
+
+    if device == "cuda":
+        return True
+    cores = usable_cores()
+    return getattr(executor, "workers", 1) * (executor.threads or cores) < cores
 
 
 def write_side_by_side_file(folder: Path, serial: GenerateResult, cascade: GenerateResult, fps: float) -> Path:

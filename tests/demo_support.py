@@ -51,7 +51,7 @@ def small_demo(output_root: Path):
     """The small demo, launched in this process on a free port, closed (Service too) on exit."""
     with Service(output_root=output_root, ttl_s=3600, device="cpu", limits=LIMITS,
                  tick_timeout_s=TICK_TIMEOUT_S) as service:
-        demo = app.build_demo(service, defaults=DEFAULTS, queue_size=QUEUE_SIZE)
+        demo = app.build_demo(app.page_backend(service, defaults=DEFAULTS), queue_size=QUEUE_SIZE)
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                     **app.launch_options(service))
         try:

@@ -13,6 +13,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -41,7 +43,10 @@ CORES = len(os.sched_getaffinity(0))
 def served(tmp_path_factory):
     """The app with this machine's defaults, launched on a free port: (demo, url, service)."""
     with Service(output_root=tmp_path_factory.mktemp("app-outputs"), ttl_s=3600) as service:
-        demo = app.build_demo(service, warm_up_in_background=app.WARM_UP == "background")
+        backend = app.page_backend(service)
+        demo = app.build_demo(backend)
+        if app.WARM_UP == "before":
+            backend.wait_until_ready()
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                     quiet=True, **app.launch_options(service))
         try:
@@ -159,7 +164,7 @@ def test_sliders_end_at_the_services_bounds(served, tmp_path):
     stride may reach the steps + recache), and follow another Service's bounds."""
     assert slider_ends(served[0]) == {"blocks": 16, "steps": 32, "window": 16, "stride": 33}
     with Service(output_root=tmp_path, device="cpu", limits=Limits(blocks=3, steps=2)) as bounded:
-        demo = app.build_demo(bounded, defaults=DEFAULTS, warm_up_in_background=False)
+        demo = app.build_demo(app.page_backend(bounded, defaults=DEFAULTS, background=False))
     assert slider_ends(demo) == {"blocks": 3, "steps": 2, "window": 3, "stride": 3}
 
 
@@ -184,22 +189,45 @@ def test_queue_holds_16_and_gradios_copies_go_after_an_hour(served):
 
 
 def test_python_app_py_keeps_files_an_hour_and_warms_up_before_serving(monkeypatch):
-    """``main`` as ``python app.py [--warm-up ...]`` runs it, up to the page's launch."""
-    built = []
+    """``main`` as ``python app.py [--warm-up ...]`` runs it, up to the page's launch: the fork
+    server first, then the Service's warm-up, then the page built while it runs; "before" (the
+    default) waits for the warm-up before serving, "background" does not."""
+    events, roots = [], []
+
+    class Backend:
+        def __init__(self, service):
+            events.append(("warm-up", service.ttl_s))
+            roots.append(str(service.output_root))
+
+        def wait_until_ready(self):
+            events.append("wait")
 
     class Page:
         def launch(self, **options):
-            built[-1]["allowed_paths"] = options["allowed_paths"]
+            events.append(("launch", options["allowed_paths"] == [roots[-1]]))
 
-    def build_demo(service, warm_up_in_background):
-        built.append({"ttl_s": service.ttl_s, "background": warm_up_in_background, "root": str(service.output_root)})
+    def build_demo(backend):
+        events.append("page")
         return Page()
 
+    monkeypatch.setattr(app, "start_fork_server", lambda: events.append("fork server"))
+    monkeypatch.setattr(app, "page_backend", Backend)
     monkeypatch.setattr(app, "build_demo", build_demo)
     app.main([])
+    assert events == ["fork server", ("warm-up", 3600), "page", "wait", ("launch", True)]
+    events.clear()
     app.main(["--warm-up", "background"])
-    assert [(b["ttl_s"], b["background"]) for b in built] == [(3600, False), (3600, True)]
-    assert all(b["allowed_paths"] == [b["root"]] for b in built)
+    assert events == ["fork server", ("warm-up", 3600), "page", ("launch", True)]
+
+
+def test_app_py_imports_only_the_standard_library_and_the_fork_server():
+    """Every pool worker runs app.py again as ``__mp_main__``: importing it must not import Gradio,
+    torch or the Service (some 15 s of a core per worker on a 2-core box)."""
+    script = ("import sys; import app; "
+              "print(sorted(m for m in ('gradio', 'torch', 'cascade.service', 'diffusers') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", script], cwd=README.parent, capture_output=True, text=True,
+                           check=True)
+    assert shown.stdout.strip() == "[]"
 
 
 # --- the launched app through gradio_client ----------------------------------------------------

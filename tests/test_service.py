@@ -6,14 +6,16 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from cascade.model.presets import load_model
-from cascade.service import FifoLock, GenerateRequest, Service, view_scale
-from cascade.video import write_mp4
+import cascade.backend.pool
+from cascade.service import FifoLock, GenerateRequest, Service, leaves_a_core_free, view_scale
+from cascade.video import Mp4Writer, write_mp4
 from process_checks import alive
 from test_video import read_mp4
 
@@ -157,6 +159,34 @@ def test_videos_written_block_by_block_during_the_runs_equal_encoding_each_whole
         assert same_video(result.files[f"{run}.mp4"], whole)
     single = service.generate(replace(SMALL, mode="serial"))
     assert same_video(single.files["video.mp4"], result.files["serial.mp4"])
+
+
+@pytest.mark.parametrize("threads, streamed", [(1, True), (None, False)])
+def test_a_run_on_every_core_has_its_video_encoded_after_it_and_one_on_fewer_during_it(
+        service, monkeypatch, threads, streamed):
+    """One thread on a 2-core box leaves ffmpeg a core: each block is handed to the writer as it
+    is final. A run on every core (threads None: torch's all) hands its blocks on only when it is
+    over, so encoding never slows a timed run. The video is the same either way."""
+    monkeypatch.setattr(cascade.backend.pool, "usable_cores", lambda: 2)
+    events = []
+    real_add = Mp4Writer.add
+    monkeypatch.setattr(Mp4Writer, "add", lambda writer, frames: (events.append("written"), real_add(writer, frames)))
+    request = replace(SMALL, mode="serial", threads=threads)
+    result = service.generate(request, on_block=lambda *_: events.append("final"))
+    blocks = ["written", "final"] * 3 if streamed else ["final"] * 3 + ["written"] * 3
+    assert events == blocks
+    frames = result.frames
+    assert same_video(result.files["video.mp4"], write_mp4(frames, service.output_root / "whole.mp4",
+                                                           fps=load_model("random-tiny").fps,
+                                                           scale=view_scale(frames.shape[1])))
+
+
+def test_a_pool_of_one_thread_per_core_leaves_no_core_free_and_a_gpu_always_does(monkeypatch):
+    monkeypatch.setattr(cascade.backend.pool, "usable_cores", lambda: 4)
+    pool = SimpleNamespace(workers=2, threads=2)
+    assert not leaves_a_core_free(pool, "cpu") and leaves_a_core_free(pool, "cuda")
+    assert leaves_a_core_free(SimpleNamespace(workers=3, threads=1), "cpu")
+    assert not leaves_a_core_free(SimpleNamespace(threads=None), "cpu")
 
 
 def same_video(a, b) -> bool:

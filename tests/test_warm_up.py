@@ -2,12 +2,14 @@
 on a GPU their first CUDA kernels (and a pool's first exchange) are not paid by a visitor."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
 from cascade.backend import LocalExecutor
 from cascade.backend.pool import DistributedExecutor
 from cascade.service import GenerateRequest, Service
+from cascade.ui.warm_up import Backend
 
 POOL = GenerateRequest(prompt="a red circle moving right", model="random-tiny", blocks=3, steps=2, executor="distributed",
                        workers=2, threads=1)
@@ -51,3 +53,13 @@ def test_an_executor_that_cannot_run_fails_before_any_warm_up_work(service, exec
     with pytest.raises(ValueError, match="executor must be one of"):
         service.warm_up(POOL, executors=("gpu-cluster",))
     assert executed == [] and not service._pools
+
+
+@pytest.mark.parametrize("device, executors", [("cuda", ("distributed", "batched")), ("cpu", ())])
+def test_the_page_warms_every_backend_it_offers_on_a_gpu_and_only_its_default_on_a_cpu(device, executors):
+    """cascade.ui.warm_up.Backend: what the page's warm-up asks of the Service."""
+    asked = []
+    service = SimpleNamespace(device=device, warm_up=lambda request, executors: asked.append((request, executors)))
+    offer = SimpleNamespace(defaults=POOL)
+    Backend(service, offer, background=False).wait_until_ready()
+    assert asked == [(POOL, executors)]

@@ -4,7 +4,7 @@ they come (progress, each block's frames, the result) for a page to show."""
 import queue
 import threading
 
-from ..service import GenerateRequest, Offer, Service
+from ..service import FORM_BACKENDS, GenerateRequest, Offer, Service
 
 
 class Backend:
@@ -23,9 +23,15 @@ class Backend:
         else:
             self._warm_up()
 
+    def offered_executors(self) -> tuple[str, ...]:
+        """The executors warmed up beside the defaults' own: on a GPU every backend the page offers
+        (each one's first CUDA kernels would otherwise be a visitor's); on a CPU none, since a
+        one-device run there has nothing to compile and warming it would only delay the page."""
+        return tuple(FORM_BACKENDS.values()) if self.service.device == "cuda" else ()
+
     def _warm_up(self) -> None:
         try:
-            self.service.warm_up(self.offer.defaults)
+            self.service.warm_up(self.offer.defaults, executors=self.offered_executors())
         except Exception as error:  # reported to every request instead of a dead page
             self._failure = error
         finally:
