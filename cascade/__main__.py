@@ -117,7 +117,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cascade", description=__doc__)
+    # argparse would name ``python -m cascade`` after its file, __main__.py; the console script keeps its own name
+    invoked = Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog="python -m cascade" if invoked == "__main__.py" else invoked,
+                                     description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="generate one video")
     _add_run_options(generate)

@@ -71,6 +71,7 @@ def test_the_installed_package_runs_on_its_own(wheel, tmp_path):
 
     shown = run(str(site / "bin" / "cascade"), "--help")
     assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: cascade ")  # not "python -m cascade", which is what -m shows
     assert all(command in shown.stdout for command in ("generate", "compare", "bench", "eval", "train", "convert"))
     found = run(sys.executable, "-c", "import cascade.model.presets as p; print(p.__file__); print(p.available_models())")
     assert found.returncode == 0, found.stderr
