@@ -112,7 +112,7 @@ def measure(model, variant: dict, blocks: int, device: torch.device, repeats: in
     """One warm-up run and ``repeats`` timed runs of one variant; figures of the median run."""
     steps = model.sampler.num_steps
     schedule = make_schedule(blocks, steps, window=variant["window"], stride=variant["stride"],
-                             recache=variant["recache"])
+                             recache=variant["recache"], joint=variant["joint"])
     executor = LocalExecutor(device, batched=variant["batched"])
     pipeline = BlockCausalPipeline(model)
     reset_peak_memory(device)

@@ -247,14 +247,15 @@ class BWCacheBlockHook(ModelHook):
     def _only_computing_rows(self):
         """Narrow what the attention processors read to the computing rows while the block runs."""
         fs, picked = self.forward_state, self.state.compute_rows
-        saved = fs.start_frames, fs.row_keys, fs.attention_mask
+        saved = fs.start_frames, fs.row_keys, fs.cache_passes, fs.attention_mask
         fs.start_frames = [fs.start_frames[i] for i in picked] if fs.start_frames is not None else None
         fs.row_keys = [fs.row_keys[i] for i in picked] if fs.row_keys is not None else None
+        fs.cache_passes = [fs.cache_passes[i] for i in picked] if fs.cache_passes is not None else None
         fs.attention_mask = _take_rows(fs.attention_mask, self.state.compute_index, len(self.state.rows))
         try:
             yield
         finally:
-            fs.start_frames, fs.row_keys, fs.attention_mask = saved
+            fs.start_frames, fs.row_keys, fs.cache_passes, fs.attention_mask = saved
 
     @torch.compiler.disable
     def _finish(self, output: torch.Tensor) -> torch.Tensor:

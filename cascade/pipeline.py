@@ -39,7 +39,11 @@ class DenoiseJob:
 
     ``joint``: the items of one call are consecutive blocks denoised in a single forward with
     bidirectional attention among them (the paper's Figure 2 variant): a different computation,
-    not a different executor, so only executors that run a whole tick in one call accept it.
+    not a different executor, so only executors that run a whole tick in one call accept it. A
+    joint forward holds denoising steps or cache passes, never both (``make_schedule(joint=True)``
+    gives cache passes ticks of their own).
+    ``rolling_anchor``: the cache's sinks move with the window and cache passes see only the
+    most recent frames (Rolling Forcing; ``KVCache``).
     ``bwcache``: BWCache's settings for this run; they travel with the job, so whichever
     transformer runs it (this process's model or a pool worker's replica) gets the hooks for the
     run (``session``).
@@ -56,6 +60,7 @@ class DenoiseJob:
     joint: bool = False
     local_window: int | None = None
     sink_frames: int = 0
+    rolling_anchor: bool = False
     request_id: str = "run"
     bwcache: BWCacheConfig | None = None
     prompts: dict[WorkItem, int] = field(default_factory=dict)
@@ -91,6 +96,7 @@ class DenoiseJob:
         return self.transformer.new_kv_cache(
             self.num_blocks * lay.frames_per_block, lay.height, lay.width,
             local_window=self.local_window, sink_frames=self.sink_frames, device=device, reuse=reuse,
+            rolling_anchor=self.rolling_anchor,
         )
 
     def initial_latent(self, block: int, device) -> torch.Tensor:
@@ -143,19 +149,24 @@ class DenoiseJob:
         t = torch.tensor([self._timestep(i) for i in items], device=x.device)
         starts = [self._start_frame(i) for i in items]
         out = self.transformer(x, t, text, kv_cache=cache, start_frame=starts,
-                               row_keys=[self.row_key(i) for i in items]).sample
+                               row_keys=[self.row_key(i) for i in items],
+                               cache_pass=[not i.is_denoising for i in items]).sample
         return list(out.split(1))
 
     def _forward_joint(self, items, inputs, cache, text) -> list[torch.Tensor]:
         blocks = [i.block for i in items]
         if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
             raise ValueError(f"a joint forward needs consecutive blocks, got {blocks}")
+        cache_pass = not items[0].is_denoising
+        if any(i.is_denoising == cache_pass for i in items):
+            raise ValueError(f"a joint forward holds denoising steps or cache passes, not both, got {list(items)}: "
+                             "make its schedule with make_schedule(..., joint=True)")
         x = torch.cat(list(inputs), dim=2)
         per_frame = [self._timestep(i) for i in items for _ in range(self.layout.frames_per_block)]
         t = torch.tensor([per_frame], device=x.device)
         key = (self.request_id, tuple(i.block for i in items), tuple(i.step for i in items))
         out = self.transformer(x, t, text, kv_cache=cache, start_frame=self._start_frame(items[0]),
-                               row_keys=[key]).sample
+                               row_keys=[key], cache_pass=cache_pass).sample
         return list(out.split(self.layout.frames_per_block, dim=2))
 
     def _advance(self, item: WorkItem, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -273,6 +284,7 @@ class BlockCausalPipeline:
         schedule's switch recaches are ``switch_recache_plan``'s, made by the caller.
         ``on_block(block, frames, t)`` gets each block's decoded frames as soon as the block is
         final, in block order; the frames of all blocks together equal decoding the whole video."""
+        self.model.check_blocks(schedule.num_blocks)
         prompts = as_prompt_schedule(prompt, schedule.num_blocks)
         _check_switch_items(schedule, prompts)
         sampler = self.model.sampler
@@ -284,7 +296,8 @@ class BlockCausalPipeline:
         job = DenoiseJob(
             transformer=self.model.transformer, text=text, sampler=sampler, layout=self.model.layout,
             num_blocks=schedule.num_blocks, seed=seed, joint=joint,
-            local_window=self.model.local_window, sink_frames=self.model.sink_frames, request_id=request_id,
+            local_window=self.model.local_window, sink_frames=self.model.sink_frames,
+            rolling_anchor=self.model.rolling_anchor, request_id=request_id,
             bwcache=bwcache, prompts=schedule.item_prompts([block for block, _ in prompts[1:]]),
         )
         decoding = BlockDecoding(self.model, on_block)

@@ -208,7 +208,8 @@ def _measured_plan(blocks, steps, backend, fixed, table) -> Plan | None:
         window = fixed["window"] or effective_window(knobs["window"], knobs["stride"], items)
         if effective_window(window, knobs["stride"], items) != effective_window(knobs["window"], knobs["stride"], items):
             continue  # a window that changes which blocks are in flight is another computation
-        schedule = make_schedule(blocks, steps, window=window, stride=knobs["stride"], recache=knobs["recache"])
+        schedule = make_schedule(blocks, steps, window=window, stride=knobs["stride"], recache=knobs["recache"],
+                                 joint=knobs["joint"])
         reach = bound(make_schedule(blocks, steps, recache=knobs["recache"]), schedule, backend, knobs["joint"])
         ranked.append((reach, -schedule.num_ticks, knobs["stride"], not knobs["joint"], window, entry))
     ranked.sort(key=lambda r: r[:4], reverse=True)
@@ -258,4 +259,5 @@ def _fastest_window(blocks, steps, stride, recache, joint, backend) -> int:
         return widest
     serial = make_schedule(blocks, steps, recache=recache)
     return max(range(1, widest + 1), key=lambda w: (
-        bound(serial, make_schedule(blocks, steps, window=w, stride=stride, recache=recache), backend, joint), w))
+        bound(serial, make_schedule(blocks, steps, window=w, stride=stride, recache=recache, joint=joint), backend,
+              joint), w))

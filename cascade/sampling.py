@@ -26,6 +26,32 @@ def warp_timestep(t: float, shift: float) -> float:
     return NUM_TRAIN_TIMESTEPS * shift * sigma / (1 + (shift - 1) * sigma)
 
 
+def original_schedule(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shifted schedule as the Self-Forcing family computes it, in float32: its scheduler's
+    1000-point grid (``FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)``,
+    ``set_timesteps(1000)`` in those projects' ``utils/scheduler.py``): σ from
+    ``linspace(1, 0, 1001)[:-1]``, shifted, and timesteps σ·1000. Returns (timesteps, sigmas).
+    The closed form in float64 differs from it by up to ~1e-4 in the timestep."""
+    sigmas = torch.linspace(1.0, 0.0, NUM_TRAIN_TIMESTEPS + 1, dtype=torch.float32)[:-1]
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas * NUM_TRAIN_TIMESTEPS, sigmas
+
+
+def _on_original_grid(timesteps: tuple[float, ...], shift: float, warp: bool) -> tuple[tuple, tuple]:
+    """(model timesteps, sigmas) as the originals pick them from ``original_schedule``: a warped
+    step t is the grid's timestep at index 1000 − t (the nearest to the closed form for any t); an
+    unwarped one reaches the model as given. σ is always the grid's at the timestep nearest the
+    model's (their ``argmin |timesteps − t|`` in add_noise and the flow-to-x0 conversion)."""
+    grid, sigmas = original_schedule(shift)
+    model_steps, step_sigmas = [], []
+    for t in timesteps:
+        target = warp_timestep(t, shift) if warp else float(t)
+        nearest = int((grid.double() - target).abs().argmin())
+        model_steps.append(float(grid[nearest]) if warp else float(t))
+        step_sigmas.append(float(sigmas[nearest]))
+    return tuple(model_steps), tuple(step_sigmas)
+
+
 def x0_from_flow(x_t: torch.Tensor, flow: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """Wan predicts the flow v = ε − x0 of x_t = (1 − σ) x0 + σ ε, so x0 = x_t − σ v."""
     return x_t - sigma * flow
@@ -54,6 +80,8 @@ class FlowMatchSampler:
     ``"sample"`` (x0 directly; the bundled tiny model, whose tokens are wider than the model).
     ``renoise`` says where the next step's ε comes from: ``"fresh"`` (new noise, as Self-Forcing
     and CausVid sample) or ``"ode"`` (the ε implied by x_t and x0, for regression-trained models).
+    ``original_grid``: take timesteps and σ from the originals' float32 grid (``original_schedule``),
+    as the checkpoints of the Self-Forcing family were trained and sample; else the closed form.
     """
 
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
@@ -61,6 +89,7 @@ class FlowMatchSampler:
     warp: bool = True
     prediction: str = "flow"
     renoise: str = "fresh"
+    original_grid: bool = False
     model_timesteps: tuple[float, ...] = field(init=False, repr=False)
     sigmas: tuple[float, ...] = field(init=False, repr=False)
 
@@ -71,9 +100,13 @@ class FlowMatchSampler:
             raise ValueError(f"renoise must be one of {', '.join(RENOISE)}, got {self.renoise!r}")
         if not self.timesteps:
             raise ValueError("a sampler needs at least one timestep")
-        steps = tuple(warp_timestep(t, self.shift) if self.warp else float(t) for t in self.timesteps)
+        if self.original_grid:
+            steps, sigmas = _on_original_grid(self.timesteps, self.shift, self.warp)
+        else:
+            steps = tuple(warp_timestep(t, self.shift) if self.warp else float(t) for t in self.timesteps)
+            sigmas = tuple(t / NUM_TRAIN_TIMESTEPS for t in steps)
         object.__setattr__(self, "model_timesteps", steps)
-        object.__setattr__(self, "sigmas", tuple(t / NUM_TRAIN_TIMESTEPS for t in steps))
+        object.__setattr__(self, "sigmas", sigmas)
 
     @property
     def num_steps(self) -> int:
@@ -84,7 +117,7 @@ class FlowMatchSampler:
         if num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         raw = tuple(NUM_TRAIN_TIMESTEPS * (1 - i / num_steps) for i in range(num_steps))
-        return FlowMatchSampler(raw, self.shift, True, self.prediction, self.renoise)
+        return FlowMatchSampler(raw, self.shift, True, self.prediction, self.renoise, self.original_grid)
 
     def predict_x0(self, x_t: torch.Tensor, model_output: torch.Tensor, step: int) -> torch.Tensor:
         if self.prediction == "sample":

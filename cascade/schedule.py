@@ -13,6 +13,12 @@ schedule then re-encodes recent blocks under the new prompt before the switch bl
 LongLive does: ``(block j, "switch@k")`` is the forward of the clean block ``j`` at timestep 0
 that rewrites its K/V under the prompt that starts at block ``k``. A cascade needs no such items
 (``Schedule.item_prompts`` says which prompt every item runs under).
+
+A joint schedule (the blocks in flight of a tick share one forward) gives a tick's recache item a
+tick of its own, right before the tick's denoising items: a cache pass is its own forward and
+attends only to committed context, and the next window sees the clean K/V it wrote, as in
+Rolling Forcing's loop (``pipeline/rolling_forcing_inference.py``: after each window's forward,
+a separate ``updating_cache`` forward of the window's first block at t = 0).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class Schedule:
     stride: int
     recache: bool
     ticks: tuple[tuple[WorkItem, ...], ...]
+    joint: bool = False
 
     @property
     def num_ticks(self) -> int:
@@ -135,6 +142,7 @@ def make_schedule(
     stride: int | None = None,
     recache: bool = True,
     switch_recache: Mapping[int, Sequence[int]] | None = None,
+    joint: bool = False,
 ) -> Schedule:
     """Order every item of a ``num_blocks``-block video into ticks.
 
@@ -145,6 +153,9 @@ def make_schedule(
 
     ``switch_recache``: switch block k -> the earlier blocks re-encoded under k's prompt just
     before k starts, one forward per tick, in block order (serial only: window 1).
+
+    ``joint``: for the joint variant, whose ticks are one forward each: a tick that holds a
+    recache item beside denoising steps becomes two, the recache first (``_cache_passes_first``).
     """
     items_per_block = num_steps + int(recache)
     stride = items_per_block if stride is None else stride
@@ -168,8 +179,15 @@ def make_schedule(
         for item in tick:
             done[item.block] += 1
         in_flight = [b for b in in_flight if done[b] < num_steps + _has_recache(b, num_blocks, recache)]
-        ticks.append(tuple(tick))
-    return Schedule(num_blocks, num_steps, window, stride, recache, tuple(ticks))
+        ticks.extend(_cache_passes_first(tick) if joint else [tuple(tick)])
+    return Schedule(num_blocks, num_steps, window, stride, recache, tuple(ticks), joint)
+
+
+def _cache_passes_first(tick: list[WorkItem]) -> list[tuple[WorkItem, ...]]:
+    """A joint tick as the forwards it is: its cache passes, then its denoising steps."""
+    passes = tuple(item for item in tick if not item.is_denoising)
+    steps = tuple(item for item in tick if item.is_denoising)
+    return [part for part in (passes, steps) if part]
 
 
 def _has_recache(block: int, num_blocks: int, recache: bool) -> bool:

@@ -200,6 +200,7 @@ class GenerateRequest:
             value = getattr(self, name)
             chosen[name] = model.run_defaults.get(name, FALLBACK_DEFAULTS.get(name)) if value is None else value
         request = replace(self, model=self.model or default_model_name(), **chosen)
+        model.check_blocks(request.blocks)
         if request.prompt_schedule is not None:
             schedule = check_prompt_schedule(request.prompt_schedule, request.blocks)
             request = replace(request, prompt=schedule[0][1], prompt_schedule=schedule)
@@ -230,7 +231,8 @@ class GenerateRequest:
         if self.mode == "serial":
             return make_schedule(self.blocks, self.steps, recache=self.recache,
                                  switch_recache=switch_recache_plan(model, self.prompts))
-        return make_schedule(self.blocks, self.steps, window=self.window, stride=self.stride, recache=self.recache)
+        return make_schedule(self.blocks, self.steps, window=self.window, stride=self.stride, recache=self.recache,
+                             joint=bool(self.joint))
 
 
 # --- what a public page (or its API) sends ---------------------------------------------------------

@@ -52,25 +52,29 @@ class Upstream:
     warp: bool
     local_window: int | None = None  # this package's convention: sinks on top of a window ending at the block
     sink_frames: int = 0
+    rolling_anchor: bool = False  # Rolling Forcing: the sink moves next to the window, cache passes see 21 frames
+    max_blocks: int | None = None  # the longest video, where the project has no rule for longer ones
     lora: tuple[str, int, float] | None = None  # file in the repository, rank, alpha
     run_defaults: dict = field(default_factory=lambda: {"blocks": 7, "recache": True})  # 21 latent frames
 
 
 SELF_FORCING_STEPS = (1000, 750, 500, 250)
 UPSTREAM = {
+    # global over its 21 trained frames; beyond, its rolling KV cache of local_attn_size 21, no sink
     "self-forcing-1.3b": Upstream("gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt", "generator_ema",
-                                  SELF_FORCING_STEPS, 5, True),
+                                  SELF_FORCING_STEPS, 5, True, local_window=21),
+    # 21 trained frames; longer videos restart from re-encoded frames, which is not done here
     "causvid-1.3b": Upstream("tianweiy/CausVid", "autoregressive_checkpoint/model.pt", "generator",
-                             (1000, 757, 522), 8, False),
+                             (1000, 757, 522), 8, False, max_blocks=7),
     # local_attn_size 12 with sink_size 3: the 3 first latent frames + the 9 most recent
     "longlive-1.3b": Upstream("Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt", "generator",
                               SELF_FORCING_STEPS, 5, True, local_window=9, sink_frames=3,
                               lora=("models/lora.pt", 256, 256)),
-    # 5 blocks denoised jointly at staggered steps + the finished block's t = 0 pass: a joint cascade
-    # W6 s1; attention over 21 latent frames = the first block as sink + 18
+    # 5 blocks denoised jointly at staggered steps + the finished block's t = 0 pass in a forward of
+    # its own: a joint cascade W6 s1; attention over 21 latent frames = the first block as sink + 18
     "rolling-forcing-1.3b": Upstream("TencentARC/RollingForcing", "checkpoints/rolling_forcing_dmd.pt",
                                      "generator_ema", (1000, 800, 600, 400, 200), 5, True, local_window=18,
-                                     sink_frames=3, run_defaults={"blocks": 7, "mode": "cascade", "window": 6,
+                                     sink_frames=3, rolling_anchor=True, run_defaults={"blocks": 7, "mode": "cascade", "window": 6,
                                                                   "stride": 1, "joint": True, "recache": True}),
 }
 

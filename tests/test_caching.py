@@ -200,7 +200,7 @@ def test_a_prompt_switch_reaching_a_block_in_flight_is_computed_not_reused(trans
 
 def test_joint_forwards_are_always_computed(transformer, text):
     """A joint row holds several video blocks at different steps: it has no one state to reuse."""
-    schedule = SCHEDULES["cascade"](8)
+    schedule = make_schedule(BLOCKS, 8, window=3, stride=1, joint=True)
     job = make_job(transformer, text, schedule)
     job.joint = True
     plain = torch.cat(LocalExecutor().execute(job, schedule).latents, dim=2)

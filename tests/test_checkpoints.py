@@ -226,28 +226,6 @@ def test_longlive_window_holds_3_sinks_and_the_9_most_recent_frames():
         local_attention_window(3, 3)
 
 
-def test_rolling_forcing_joint_ticks_see_what_its_rolling_window_sees():
-    """Rolling Forcing: a window of up to 5 blocks at staggered steps attends to the first block
-    (sink), the most recent earlier frames up to 21 in all, and itself. Here: the joint cascade of
-    the preset's defaults, whose ticks carry the finished block's t = 0 pass as well."""
-    blocks, steps, rolling = 10, 5, UPSTREAM["rolling-forcing-1.3b"]
-    schedule = make_schedule(blocks, steps, window=rolling.run_defaults["window"], stride=1, recache=True)
-    cache = KVCache(1, 3 * blocks, 1, 1, 1, local_window=rolling.local_window, sink_frames=rolling.sink_frames)
-    for tick in schedule.ticks:
-        denoising = [item.block for item in tick if not item.is_recache]
-        if not denoising:
-            continue
-        first, last = min(item.block for item in tick), max(denoising)
-        ours = visible_frames(cache, 3 * first, 3 * (last - first + 1))
-        window = set(range(3 * min(denoising), 3 * last + 3))
-        room = 21 - len(window) - 3  # Rolling Forcing's working cache: after the sink, before the window
-        working = set(range(max(3, 3 * min(denoising) - room), 3 * min(denoising)))
-        sink = set(range(3)) if min(denoising) > 0 else set()
-        assert ours == window | working | sink, tick
-        assert len(denoising) <= steps and [i.step for i in tick if not i.is_recache] == sorted(
-            [i.step for i in tick if not i.is_recache], reverse=True)
-
-
 # ----------------------------------------------------------------------------- the VAE
 
 def test_block_by_block_decode_equals_whole_decode():
@@ -300,7 +278,8 @@ def test_each_preset_loads_through_the_cache_and_runs_its_schedules(offline_hub,
     assert model.transformer.sinusoid_dtype == torch.float64
     assert (model.sampler.timesteps, model.sampler.shift, model.sampler.warp) == (
         upstream.timesteps, upstream.shift, upstream.warp)
-    assert (model.local_window, model.sink_frames) == (upstream.local_window, upstream.sink_frames)
+    assert (model.local_window, model.sink_frames, model.rolling_anchor, model.max_blocks) == (
+        upstream.local_window, upstream.sink_frames, upstream.rolling_anchor, upstream.max_blocks)
     assert model.run_defaults == upstream.run_defaults
     assert model.layout.block_shape() == (1, 4, 3, *LATENT) and not model.random_weights
     defaults = model.run_defaults
@@ -308,8 +287,8 @@ def test_each_preset_loads_through_the_cache_and_runs_its_schedules(offline_hub,
     schedules = {"serial": (make_schedule(blocks, model.sampler.num_steps), False)}
     if defaults.get("mode") == "cascade":
         schedules["default"] = (make_schedule(blocks, model.sampler.num_steps, window=defaults["window"],
-                                              stride=defaults["stride"], recache=defaults["recache"]),
-                                defaults["joint"])
+                                              stride=defaults["stride"], recache=defaults["recache"],
+                                              joint=defaults["joint"]), defaults["joint"])
     for schedule, joint in schedules.values():
         out = BlockCausalPipeline(model)("a red cat runs on the beach", schedule, LocalExecutor(), seed=0, joint=joint)
         assert out.frames.shape == (1 + 4 * (3 * blocks - 1), 32, 32, 3)
@@ -475,3 +454,28 @@ def test_each_preset_compares_end_to_end_through_the_service(offline_hub, tmp_pa
     assert result.serial.frames.shape == result.cascade.frames.shape == (frames, 32, 32, 3)
     assert serial["fps"] == frames / serial["latency_s"]
     assert all(path.stat().st_size > 0 for path in result.files.values())
+
+
+def test_causvid_refuses_a_video_longer_than_it_has_a_rule_for(offline_hub, tmp_path):
+    """CausVid was trained on 7 blocks; its own longer videos restart from re-encoded frames."""
+    from cascade.service import GenerateRequest, Service
+
+    line = "causvid-1.3b runs at most 7 blocks, got 8: it was trained on 21 latent frames with global attention"
+    with Service(output_root=tmp_path, device="cpu") as service:
+        with pytest.raises(ValueError, match=line):
+            service.generate(GenerateRequest(prompt="a red cat", model="causvid-1.3b", blocks=8, executor="batched"))
+    model = load_model("causvid-1.3b")
+    with pytest.raises(ValueError, match=line):
+        BlockCausalPipeline(model)("a red cat", make_schedule(8, 3), LocalExecutor())
+
+
+def test_rolling_forcing_on_a_pool_is_refused_in_one_line(offline_hub, tmp_path):
+    """Its joint window is one forward of every block in flight, and the next window needs its
+    cache pass: nothing for a second worker to run beside it, so a pool refuses it before any work."""
+    from cascade.service import GenerateRequest, Service
+
+    with Service(output_root=tmp_path, device="cpu") as service:
+        with pytest.raises(ValueError, match="^the joint variant runs a tick as one forward on one device: use the "
+                                             "local or batched executor$"):
+            service.compare(GenerateRequest(prompt="a red cat", model="rolling-forcing-1.3b", blocks=2,
+                                            executor="distributed", workers=2))

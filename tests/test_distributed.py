@@ -121,6 +121,25 @@ def test_bwcache_gives_the_same_frames_and_reuse_decisions_on_every_executor(mod
 
 
 @pytest.mark.parametrize("name", ["serial", "cascade-window2-recache"])
+def test_a_rolling_anchor_gives_the_same_video_on_every_executor(model, pool, name):
+    """Rolling Forcing's attention (its sink moved next to each denoising forward, its cache passes
+    seeing the most recent frames) lives in every worker's own cache: the pool gives the local
+    video, which differs from the one without those rules. A window of 3 frames after 3 sinks
+    makes them matter from the third block on."""
+    blocks = 5
+    schedule = make_schedule(blocks, STEPS, **({} if name == "serial" else dict(window=2, stride=1)))
+
+    def job(anchor: bool) -> DenoiseJob:
+        return dataclasses.replace(make_job(model, schedule), local_window=3, sink_frames=3, rolling_anchor=anchor)
+
+    local = torch.cat(LocalExecutor(threads=1).execute(job(True), schedule).latents, dim=2)
+    pooled = torch.cat(pool.execute(job(True), schedule).latents, dim=2)
+    without = torch.cat(LocalExecutor(threads=1).execute(job(False), schedule).latents, dim=2)
+    assert (pooled - local).abs().max().item() <= 1e-4
+    assert (without - local).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["serial", "cascade-window2-recache"])
 def test_pool_hands_on_every_block_in_order_as_it_finishes(model, pool, name):
     schedule = SCHEDULES[name]
     handed = []

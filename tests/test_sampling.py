@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cascade.sampling import FlowMatchSampler, add_noise, item_noise, warp_timestep, x0_from_flow
+from cascade.sampling import FlowMatchSampler, add_noise, item_noise, original_schedule, warp_timestep, x0_from_flow
 
 
 def test_self_forcing_warped_timesteps():
@@ -76,3 +76,22 @@ def test_item_noise_depends_only_on_seed_block_step():
     assert not torch.equal(a, item_noise(7, 3, 2, (4, 5)))
     assert not torch.equal(a, item_noise(8, 2, 3, (4, 5)))
     assert abs(item_noise(1, 0, 0, (10000,)).std().item() - 1) < 0.05
+
+
+def test_the_originals_grid_gives_the_presets_timesteps_and_sigmas():
+    """The Self-Forcing family's scheduler, written out: σ = linspace(1, 0, 1001)[:-1] shifted,
+    in float32; a warped step t is the grid's timestep at 1000 − t, an unwarped one reaches the
+    model as given; σ is the grid's at the timestep nearest the model's."""
+    for steps, shift, warp in [((1000, 750, 500, 250), 5.0, True), ((1000, 800, 600, 400, 200), 5.0, True),
+                               ((1000, 757, 522), 8.0, False)]:
+        sigmas = torch.linspace(1.0, 0.0, 1001)[:-1]
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        timesteps = sigmas * 1000
+        sampler = FlowMatchSampler(steps, shift, warp, original_grid=True)
+        nearest = [int((timesteps.double() - (float(timesteps[1000 - t]) if warp else t)).abs().argmin()) for t in steps]
+        assert sampler.model_timesteps == tuple(float(timesteps[1000 - t]) if warp else float(t) for t in steps)
+        assert sampler.sigmas == tuple(float(sigmas[i]) for i in nearest)
+        closed = FlowMatchSampler(steps, shift, warp)
+        assert 0 < max(abs(a - b) for a, b in zip(sampler.sigmas, closed.sigmas)) < 3e-4
+        assert sampler.with_steps(len(steps)).original_grid
+    assert original_schedule(5.0)[0].dtype == torch.float32

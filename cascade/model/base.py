@@ -45,6 +45,12 @@ class CascadeModel:
     random_weights: bool
     local_window: int | None = None
     sink_frames: int = 0
+    # Rolling Forcing's attention: the sinks move next to a denoising forward's window and cache
+    # passes see only the most recent frames (``KVCache``)
+    rolling_anchor: bool = False
+    # The longest video the model runs, and why (None: no cap of its own)
+    max_blocks: int | None = None
+    max_blocks_reason: str = ""
     # A fresh decoder for one video's blocks, fed in block order; it may carry state from one block
     # to the next (a causal VAE's feature cache). None: ``decode`` is stateless and decodes any block.
     new_block_decoder: Callable[[], Callable[[torch.Tensor], np.ndarray]] | None = None
@@ -59,6 +65,11 @@ class CascadeModel:
     # folder's ``plans.json``: mode, steps, window, stride, recache, joint, bwcache, pairs, scores),
     # from which a plan for each backend is chosen (``cascade.plan.choose_plan``).
     measured_plans: tuple = ()
+
+    def check_blocks(self, blocks: int) -> None:
+        """ValueError, one line, for a video longer than the model runs."""
+        if self.max_blocks is not None and blocks > self.max_blocks:
+            raise ValueError(f"{self.name} runs at most {self.max_blocks} blocks, got {blocks}: {self.max_blocks_reason}")
 
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, list[list[str]]]:
         return self.text_encoder.encode_prompts(prompts)

@@ -54,6 +54,9 @@ class HubPreset:
     lora: LoraSpec | None = None
     local_window: int | None = None  # this model's convention: see KVCache.context_frames
     sink_frames: int = 0
+    rolling_anchor: bool = False  # Rolling Forcing's sink and cache passes: see KVCache
+    max_blocks: int | None = None  # the longest video it runs, where the project has no rule for longer ones
+    max_blocks_reason: str = ""  # why, in words that follow "runs at most N blocks: "
     run_defaults: dict = field(default_factory=dict)  # GenerateRequest fields the project runs with
     height: int = 480
     width: int = 832
@@ -72,7 +75,7 @@ class HubPreset:
         return [*BASE_FILES, *own]
 
     def sampler(self) -> FlowMatchSampler:
-        return FlowMatchSampler(self.timesteps, self.shift, self.warp, prediction="flow")
+        return FlowMatchSampler(self.timesteps, self.shift, self.warp, prediction="flow", original_grid=True)
 
 
 def local_attention_window(local_attn_size: int, sink_size: int) -> tuple[int, int]:
@@ -88,13 +91,26 @@ def local_attention_window(local_attn_size: int, sink_size: int) -> tuple[int, i
 
 
 DEFAULT_BLOCKS = 7  # 21 latent frames = 81 video frames at 480×832, as the projects generate
+# Self-Forcing attends globally over the 21 latent frames it was trained on (its 32760-token cache);
+# for longer videos its causal model rolls a KV cache of ``local_attn_size`` frames with no sink
+# (wan/modules/causal_model.py). At 21 frames that is the same attention up to 7 blocks and the
+# most recent 21 frames beyond.
+SELF_FORCING_WINDOW = 21
+# CausVid was trained on 21 latent frames too, but makes longer videos another way: new rollouts
+# of 21 frames, each restarted from the previous one's last frames re-encoded by the VAE
+# (minimal_inference/longvideo_autoregressive_inference.py), which this package does not do.
+CAUSVID_MAX_BLOCKS = DEFAULT_BLOCKS
+CAUSVID_WHY = ("it was trained on 21 latent frames with global attention, and CausVid makes longer videos by "
+               "restarting from re-encoded overlapping frames, which this package does not do")
 LONGLIVE_WINDOW, LONGLIVE_SINKS = local_attention_window(12, 3)
 
 # Rolling Forcing denoises a window of 5 blocks at staggered timesteps in one forward, then runs
-# the window's oldest (now clean) block again at t = 0 to write its K/V. Here that is a joint
-# cascade of stride 1 whose window holds 6 blocks: the 5 denoising ones and the finished one's
-# recache (t = 0) pass. Its attention spans 21 latent frames: the first block as a sink plus the
-# 18 frames of such a forward (or, near the end, the most recent frames up to that count).
+# the window's oldest (now clean) block again at t = 0, in a forward of its own, to write its K/V.
+# Here that is a joint cascade of stride 1 whose window holds 6 blocks: the 5 denoising ones and
+# the finished one, whose cache pass gets a tick of its own (make_schedule(joint=True)). A
+# denoising forward attends to 21 latent frames: the first block as a sink, rotated to sit right
+# before the rest, plus the most recent 18 frames, its own among them; a cache pass to the 21
+# most recent frames, its own among them (the rolling anchor, KVCache).
 ROLLING_WINDOW_BLOCKS = 6
 ROLLING_SINKS = FRAMES_PER_BLOCK
 ROLLING_LOCAL_WINDOW = ROLLING_WINDOW_BLOCKS * FRAMES_PER_BLOCK
@@ -105,12 +121,14 @@ HUB_PRESETS: dict[str, HubPreset] = {p.name: p for p in (
     HubPreset(
         "self-forcing-1.3b", "Self-Forcing (DMD) on Wan2.1-T2V-1.3B: 4 steps, recache after each block",
         "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt", "generator_ema",
-        SELF_FORCING_STEPS, 5.0, True, run_defaults={"blocks": DEFAULT_BLOCKS, "recache": True},
+        SELF_FORCING_STEPS, 5.0, True, local_window=SELF_FORCING_WINDOW,
+        run_defaults={"blocks": DEFAULT_BLOCKS, "recache": True},
     ),
     HubPreset(
         "causvid-1.3b", "CausVid on Wan2.1-T2V-1.3B: 3 steps, recache after each block",
         "tianweiy/CausVid", "autoregressive_checkpoint/model.pt", "generator",
-        (1000.0, 757.0, 522.0), 8.0, False, run_defaults={"blocks": DEFAULT_BLOCKS, "recache": True},
+        (1000.0, 757.0, 522.0), 8.0, False, max_blocks=CAUSVID_MAX_BLOCKS, max_blocks_reason=CAUSVID_WHY,
+        run_defaults={"blocks": DEFAULT_BLOCKS, "recache": True},
     ),
     HubPreset(
         "longlive-1.3b", "LongLive on Wan2.1-T2V-1.3B (base + LoRA merged): local attention of 12 frames, 3 sinks",
@@ -123,7 +141,7 @@ HUB_PRESETS: dict[str, HubPreset] = {p.name: p for p in (
         "rolling-forcing-1.3b", "Rolling Forcing on Wan2.1-T2V-1.3B: 5 blocks denoised jointly at staggered steps",
         "TencentARC/RollingForcing", "checkpoints/rolling_forcing_dmd.pt", "generator_ema",
         (1000.0, 800.0, 600.0, 400.0, 200.0), 5.0, True,
-        local_window=ROLLING_LOCAL_WINDOW, sink_frames=ROLLING_SINKS,
+        local_window=ROLLING_LOCAL_WINDOW, sink_frames=ROLLING_SINKS, rolling_anchor=True,
         run_defaults={"blocks": DEFAULT_BLOCKS, "mode": "cascade", "window": ROLLING_WINDOW_BLOCKS, "stride": 1,
                       "joint": True, "recache": True},
     ),

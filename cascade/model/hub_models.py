@@ -181,7 +181,8 @@ def load_hub_model(preset: HubPreset, device="cpu", dtype: torch.dtype | None = 
     return CascadeModel(
         name=preset.name, description=preset.description + source, transformer=transformer, text_encoder=text,
         decode=decoder, sampler=preset.sampler(), layout=preset_layout(preset, config), fps=WAN_FPS, random_weights=False,
-        local_window=preset.local_window, sink_frames=preset.sink_frames, new_block_decoder=decoder.new_stream,
+        local_window=preset.local_window, sink_frames=preset.sink_frames, rolling_anchor=preset.rolling_anchor,
+        max_blocks=preset.max_blocks, max_blocks_reason=preset.max_blocks_reason, new_block_decoder=decoder.new_stream,
         run_defaults=dict(preset.run_defaults),
     )
 

@@ -8,6 +8,11 @@ sees the K/V earlier blocks had at the end of tick τ−1) however many items sh
 
 The cross-attention K/V of the prompt are computed once and kept here too; a new prompt
 embedding (a prompt switch) replaces them without touching the self-attention K/V.
+
+A cache with a *rolling anchor* (Rolling Forcing) reads its sink frames differently: a forward
+that denoises sees them moved right before its other context (``sink_shift``), and a cache pass
+(the t = 0 forward that only rewrites a block's K/V) sees the most recent frames at their own
+places and no sinks beyond them (``context_frames``). The stored K stay at their own frames.
 """
 
 from __future__ import annotations
@@ -40,21 +45,25 @@ class KVCache:
         sink_frames: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        rolling_anchor: bool = False,
     ):
         if local_window is not None and local_window < 1:
             raise ValueError(f"local_window must be at least 1 frame, got {local_window}")
+        if rolling_anchor and (local_window is None or sink_frames < 1):
+            raise ValueError("a rolling anchor moves sink frames within a local window: it needs both")
         self.num_layers = num_layers
         self.num_frames = num_frames
         self.tokens_per_frame = tokens_per_frame
         self.batch_size = batch_size
         self.local_window = local_window
         self.sink_frames = sink_frames
+        self.rolling_anchor = rolling_anchor
         shape = (num_layers, batch_size, num_frames * tokens_per_frame, num_heads, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.geometry = dict(num_layers=num_layers, num_frames=num_frames, tokens_per_frame=tokens_per_frame,
                              num_heads=num_heads, head_dim=head_dim, batch_size=batch_size, local_window=local_window,
-                             sink_frames=sink_frames, device=self.k.device, dtype=dtype)
+                             sink_frames=sink_frames, device=self.k.device, dtype=dtype, rolling_anchor=rolling_anchor)
         self.clear()
 
     def clear(self) -> None:
@@ -71,11 +80,32 @@ class KVCache:
     def device(self) -> torch.device:
         return self.k.device
 
-    def context_frames(self, start_frame: int, num_frames: int) -> list[int]:
+    def context_frames(self, start_frame: int, num_frames: int, cache_pass: bool = False) -> list[int]:
         """The earlier frames a block starting at ``start_frame`` attends to (``window_frames``),
-        committed ones only."""
-        frames = window_frames(start_frame, num_frames, self.local_window, self.sink_frames)
+        committed ones only.
+
+        With a rolling anchor, a cache pass sees the ``local_window + sink_frames`` most recent
+        frames, its own among them, and nothing older: Rolling Forcing's ``updating_cache``
+        forward reads the last ``max_attention_size`` (21 frames) of its cache, where the first
+        block is still among them only while the video is that short
+        (``wan/modules/causal_model.py``, ``CausalWanSelfAttention.forward``)."""
+        if self.rolling_anchor and cache_pass:
+            first = max(0, start_frame + num_frames - self.local_window - self.sink_frames)
+            frames = list(range(first, start_frame))
+        else:
+            frames = window_frames(start_frame, num_frames, self.local_window, self.sink_frames)
         return [f for f in frames if self.filled[f]]
+
+    def sink_shift(self, start_frame: int, num_frames: int, cache_pass: bool = False) -> int:
+        """How many frames later than their own the sink frames' keys sit for this forward: 0
+        but with a rolling anchor, where a denoising forward sees them right before the rest of
+        its context. Rolling Forcing stores its first block un-rotated and rotates it to
+        ``rope_start_frame = current_start_frame - working_cache_frame_length - 3`` before each
+        window (same function as above), which is ``end - local_window - sink_frames`` once the
+        window has moved past the anchor, and the anchor's own place before."""
+        if not self.rolling_anchor or cache_pass:
+            return 0
+        return max(0, start_frame + num_frames - self.local_window - self.sink_frames)
 
     def token_index(self, frames: list[int]) -> torch.Tensor:
         t = self.tokens_per_frame

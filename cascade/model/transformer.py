@@ -9,7 +9,9 @@ block-causal inference needs and diffusers lacks (REFERENCES.md):
 - RoPE offset by the block's first latent frame (``start_frame``), so a block sits at its place
   in the video;
 - per-frame timesteps (``timestep`` of shape [B, F]): each frame gets its own modulation;
-- an optional local window with sink frames (LongLive), configured on the cache.
+- an optional local window with sink frames (LongLive), configured on the cache, and Rolling
+  Forcing's rolling anchor: its sink frames moved next to a denoising forward's window, and the
+  cache passes (``cache_pass``) that see only the most recent frames.
 
 With ``kv_cache=None`` it is plain full attention over the frames given (optionally under an
 explicit ``attention_mask``, which is how training sees a whole clip block-causally).
@@ -22,7 +24,7 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from diffusers import WanTransformer3DModel
@@ -41,7 +43,10 @@ class _ForwardState:
     num_frames: int = 0
     attention_mask: torch.Tensor | None = None
     row_keys: list | None = None
+    cache_passes: list[bool] | None = None  # per row: a t = 0 forward that only rewrites the row's K/V
+    frame_rotation: Callable | None = None  # (shifts per row, device) -> RoPE by whole frames, the model's
     _context: tuple | None = None
+    _sinks: tuple | None = None
 
     def context_plan(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Token index of the committed frames the rows see, and a key mask if rows differ.
@@ -53,8 +58,29 @@ class _ForwardState:
             self._context = self._plan(self.kv_cache)
         return self._context
 
+    def _row_frames(self, cache: KVCache) -> list[set[int]]:
+        passes = self.cache_passes or [False] * len(self.start_frames)
+        return [set(cache.context_frames(s, self.num_frames, p)) for s, p in zip(self.start_frames, passes)]
+
+    def sink_rotation(self) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """(sink tokens at the head of the context, cos, sin [rows, 1, 1, head_dim]) when the cache
+        moves its sink frames for some row of this forward (``KVCache.sink_shift``), else None.
+        Once per forward, like the plan."""
+        if self._sinks is None:
+            self._sinks = (self._sink_plan(self.kv_cache),)
+        return self._sinks[0]
+
+    def _sink_plan(self, cache: KVCache):
+        passes = self.cache_passes or [False] * len(self.start_frames)
+        shifts = [cache.sink_shift(s, self.num_frames, p) for s, p in zip(self.start_frames, passes)]
+        if not any(shifts):
+            return None
+        frames = set().union(*self._row_frames(cache))
+        sinks = sum(f < cache.sink_frames for f in frames) * cache.tokens_per_frame
+        return (sinks, *self.frame_rotation(shifts, cache.device)) if sinks else None
+
     def _plan(self, cache: KVCache):
-        per_row = [set(cache.context_frames(s, self.num_frames)) for s in self.start_frames]
+        per_row = self._row_frames(cache)
         frames = sorted(set().union(*per_row))
         if not frames:
             return None, None
@@ -142,6 +168,10 @@ class CausalWanAttnProcessor:
         if cached_k.shape[0] != rows:
             cached_k = cached_k.expand(rows, -1, -1, -1)
             cached_v = cached_v.expand(rows, -1, -1, -1)
+        sinks = self.state.sink_rotation()
+        if sinks is not None:  # rotating a key by whole frames moves it that many frames later
+            count, cos, sin = sinks
+            cached_k = torch.cat([_apply_rotary(cached_k[:, :count], cos, sin), cached_k[:, count:]], dim=1)
         key = torch.cat([cached_k, key], dim=1)
         value = torch.cat([cached_v, value], dim=1)
         return key, value, mask
@@ -207,6 +237,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         device=None,
         dtype: torch.dtype | None = None,
         reuse: KVCache | None = None,
+        rolling_anchor: bool = False,
     ) -> KVCache:
         """An empty cache for a video of ``num_frames`` latent frames of ``height``×``width``.
 
@@ -224,6 +255,7 @@ class CausalWanTransformer(WanTransformer3DModel):
             sink_frames=sink_frames,
             device=torch.device(device if device is not None else self.device),
             dtype=dtype or self.dtype,
+            rolling_anchor=rolling_anchor,
         )
         if reuse is not None and reuse.geometry == geometry:
             reuse.clear()
@@ -239,6 +271,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         start_frame: int | Sequence[int] = 0,
         attention_mask: torch.Tensor | None = None,
         row_keys: Sequence | None = None,
+        cache_pass: bool | Sequence[bool] = False,
         return_dict: bool = True,
     ):
         """Denoise ``hidden_states`` [B, C, F, H, W] whose first latent frame is ``start_frame``.
@@ -253,6 +286,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         ``row_keys``: an opaque, hashable identifier per row (the pipeline passes request, video
         block and step) for hooks that keep per-row state across calls, such as BWCache; the
         model itself never reads them.
+        ``cache_pass``: per row (or for all), whether the row is a cache pass, the t = 0 forward
+        of a finished block that only rewrites its K/V (Rolling Forcing's ``updating_cache``):
+        under a rolling anchor it attends to other frames than a denoising row (``KVCache``).
         """
         rows, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -270,6 +306,10 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         if row_keys is not None and len(row_keys) != rows:
             raise ValueError(f"row_keys has {len(row_keys)} entries for {rows} rows")
+        cache_passes = [cache_pass] * rows if isinstance(cache_pass, bool) else [bool(p) for p in cache_pass]
+        if len(cache_passes) != rows:
+            raise ValueError(f"cache_pass has {len(cache_passes)} entries for {rows} rows")
+        self._state.cache_passes = cache_passes
         with self._forward_state(kv_cache, start_frames, frames, attention_mask, row_keys):
             for block in self.blocks:
                 tokens = block(tokens, context, modulation, rotary_emb)
@@ -301,6 +341,14 @@ class CausalWanTransformer(WanTransformer3DModel):
         cos = torch.cat([tables[s][0] for s in start_frames])
         sin = torch.cat([tables[s][1] for s in start_frames])
         return cos.to(device), sin.to(device)
+
+    def _frame_rotation(self, shifts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE by whole frames, per row (cos, sin [rows, 1, 1, head_dim]): diffusers' table at
+        frame ``shift`` of a one-patch grid, whose height and width angles are 0."""
+        p_t, p_h, p_w = self.config.patch_size
+        cos, sin = self.rope(torch.empty(1, 1, (max(shifts) + 1) * p_t, p_h, p_w, device="meta"))
+        frames = torch.tensor(shifts, device=cos.device)
+        return cos[0, frames].unsqueeze(1).to(device), sin[0, frames].unsqueeze(1).to(device)
 
     def _time_embedding(self, timestep: torch.Tensor, rows: int, frames: int, per_frame: int, dtype):
         """Scalar timesteps take diffusers' own path; per-frame ones are embedded per frame and
@@ -348,12 +396,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         state = self._state
         state.kv_cache, state.start_frames, state.num_frames = kv_cache, start_frames, frames
         state.attention_mask, state.row_keys = attention_mask, list(row_keys) if row_keys is not None else None
-        state._context = None
+        state.frame_rotation, state._context, state._sinks = self._frame_rotation, None, None
         try:
             yield
         finally:
             state.kv_cache, state.start_frames, state.attention_mask, state.row_keys = None, None, None, None
-            state._context = None
+            state.cache_passes, state.frame_rotation, state._context, state._sinks = None, None, None, None
 
     def _head(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         if temb.ndim == 3:
