@@ -41,7 +41,8 @@ class DenoiseJob:
     bidirectional attention among them (the paper's Figure 2 variant): a different computation,
     not a different executor, so only executors that run a whole tick in one call accept it. A
     joint forward holds denoising steps or cache passes, never both (``make_schedule(joint=True)``
-    gives cache passes ticks of their own).
+    gives cache passes ticks of their own). A switch pass (a tick of switch recaches) is one
+    forward in every job (``one_forward``).
     ``rolling_anchor``: the cache's sinks move with the window and cache passes see only the
     most recent frames (Rolling Forcing; ``KVCache``).
     ``bwcache``: BWCache's settings for this run; they travel with the job, so whichever
@@ -119,6 +120,11 @@ class DenoiseJob:
     def _dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
 
+    def one_forward(self, items: Sequence[WorkItem]) -> bool:
+        """Whether ``items`` (a tick) run as one forward of consecutive blocks attending to each
+        other both ways: a joint job's tick, or a switch pass, whatever the job."""
+        return self.joint or (len(items) > 1 and all(item.switch is not None for item in items))
+
     @torch.no_grad()
     def run(self, items: Sequence[WorkItem], inputs: Sequence[torch.Tensor], cache: KVCache) -> list[torch.Tensor]:
         """One forward for ``items`` (rows of a batch, or one joint row); returns their outputs.
@@ -128,7 +134,7 @@ class DenoiseJob:
         stages clean K/V.
         """
         text = self._text_for(items, inputs[0].device)
-        if self.joint:
+        if self.one_forward(items):
             outputs = self._forward_joint(items, inputs, cache, text)
         else:
             outputs = self._forward_rows(items, inputs, cache, text)
@@ -232,13 +238,19 @@ class BlockDecoding:
 
 
 def switch_recache_blocks(model, switch_block: int) -> tuple[int, ...]:
-    """The blocks a serial run re-encodes under the new prompt before ``switch_block`` starts, as
-    LongLive does: every block with a frame in ``switch_block``'s attention window
-    (``window_frames``: the model's local window, or all earlier frames without one) that is not
-    a sink frame. The sink frames keep their K/V, as LongLive keeps its sink tokens."""
+    """The blocks a serial run re-encodes under the new prompt before ``switch_block`` starts, in
+    one forward at t = 0 (its *switch pass*), as LongLive does (``interactive_causal_inference.py``,
+    ``_recache_after_switch``, with its configuration's ``global_sink``): the last
+    min(local_attn_size, frames so far) frames, where local_attn_size is the local window with its
+    sinks, or every earlier frame without a window. Once the video is longer than that, the sinks
+    keep their K/V (``causal_model.py`` protects the sink slots in a recompute) and the pass's
+    first frames, whose K/V are neither kept nor read, drop out: the last ``local_window`` frames
+    remain, attending to the sinks and to each other both ways."""
     per_block = model.layout.frames_per_block
-    frames = window_frames(switch_block * per_block, per_block, model.local_window, model.sink_frames)
-    return tuple(sorted({f // per_block for f in frames if f >= model.sink_frames}))
+    end = switch_block * per_block
+    if model.local_window is None or end <= model.local_window + model.sink_frames:
+        return tuple(range(switch_block))
+    return tuple(range((end - model.local_window) // per_block, switch_block))
 
 
 def switch_recache_plan(model, prompts: PromptSchedule) -> dict[int, tuple[int, ...]]:

@@ -10,8 +10,9 @@ is written once against a schedule.
 
 A prompt schedule switches the prompt at block boundaries (``parse_prompt_schedule``). A serial
 schedule then re-encodes recent blocks under the new prompt before the switch block starts, as
-LongLive does: ``(block j, "switch@k")`` is the forward of the clean block ``j`` at timestep 0
-that rewrites its K/V under the prompt that starts at block ``k``. A cascade needs no such items
+LongLive does: ``(block j, "switch@k")`` is clean block ``j`` at timestep 0 rewriting its K/V under
+the prompt that starts at block ``k``; the blocks of one switch share one tick and one forward
+(LongLive's switch pass). A cascade needs no such items
 (``Schedule.item_prompts`` says which prompt every item runs under).
 
 A joint schedule (the blocks in flight of a tick share one forward) gives a tick's recache item a
@@ -151,8 +152,8 @@ def make_schedule(
     in each tick. ``window=1`` (or ``stride`` equal to the items per block, the default) is the
     serial pipeline: one item per tick, each block after its predecessor is clean.
 
-    ``switch_recache``: switch block k -> the earlier blocks re-encoded under k's prompt just
-    before k starts, one forward per tick, in block order (serial only: window 1).
+    ``switch_recache``: switch block k -> the consecutive earlier blocks re-encoded under k's prompt
+    just before k starts, all in one tick (serial only: window 1).
 
     ``joint``: for the joint variant, whose ticks are one forward each: a tick that holds a
     recache item beside denoising steps becomes two, the recache first (``_cache_passes_first``).
@@ -169,7 +170,8 @@ def make_schedule(
     while next_block < num_blocks or in_flight:
         if next_block < num_blocks and len(in_flight) < window:
             if next_block == 0 or done[next_block - 1] >= stride:
-                ticks.extend((WorkItem(b, switch_step(next_block)),) for b in plan.get(next_block, ()))
+                if plan.get(next_block):
+                    ticks.append(tuple(WorkItem(b, switch_step(next_block)) for b in plan[next_block]))
                 in_flight.append(next_block)
                 next_block += 1
         tick = []
@@ -214,8 +216,9 @@ def _check_switch_recache(plan: Mapping[int, Sequence[int]], num_blocks: int, wi
     for switch, blocks in plan.items():
         if not 0 < switch < num_blocks:
             raise ValueError(f"a switch recache must serve a block in 1..{num_blocks - 1}, got {switch}")
-        if list(blocks) != sorted(set(blocks)) or any(not 0 <= b < switch for b in blocks):
-            raise ValueError(f"the blocks recached for the switch at block {switch} must be distinct earlier "
+        consecutive = not blocks or list(blocks) == list(range(blocks[0], blocks[0] + len(blocks)))
+        if not consecutive or any(not 0 <= b < switch for b in blocks):
+            raise ValueError(f"the blocks recached for the switch at block {switch} must be consecutive earlier "
                              f"blocks in order, got {list(blocks)}")
     return {switch: tuple(blocks) for switch, blocks in plan.items()}
 

@@ -698,7 +698,7 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
 def switch_figures(schedule, output: PipelineOutput) -> list[dict]:
     """Per prompt switch: its block and prompt; ``latency_s``, from the last block shown under the
     old prompt to the first shown under the new one (``blocks_shown_s`` of blocks k−1 and k);
-    ``forwards``, those spent on the switch (its switch recaches: none in a cascade); ``at_s``,
+    ``forwards``, the items spent on the switch (its switch pass's blocks: none in a cascade); ``at_s``,
     when the first forward under the new prompt started (the switch's moment)."""
     figures = []
     for block, prompt in output.prompts[1:]:

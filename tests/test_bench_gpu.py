@@ -118,6 +118,9 @@ class _FakeJob:
 
     joint = False
 
+    def one_forward(self, items):
+        return False
+
     def new_cache(self, device):
         return type("Cache", (), {"commit": lambda self: None})()
 

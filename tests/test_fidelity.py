@@ -19,6 +19,11 @@ reference's own.
   t = 0 (``context_noise`` 0) of the block's x0; ``wan/modules/causal_model.py``: every forward
   writes its own K/V into the buffer (rolled past ``sink_size`` when full), then attends to the
   last ``max_attention_size`` tokens of it (LongLive: its sinks plus the most recent tokens).
+- LongLive's prompt switch (NVlabs/LongLive): ``pipeline/interactive_causal_inference.py``,
+  ``_recache_after_switch`` with its configuration's ``global_sink: true``: the cross-attention
+  cache reset, then the last min(``local_attn_size``, frames so far) frames of the output once
+  more at t = 0 under the new prompt in one forward; ``causal_model.py`` keeps the sink slots in
+  such a recompute (``is_recompute``: it ends where the cache ends and starts after frame 0).
 """
 
 from __future__ import annotations
@@ -253,13 +258,18 @@ class SelfForcingSelfAttention(SelfAttention):
         new = roped_q.shape[1]
         current_end = call.start_frame * buf.tpf + new
         size = buf.k.shape[1]
+        recompute = current_end <= buf.global_end and call.start_frame > 0
         if self.rolling and current_end > buf.global_end and new + buf.local_end > size:
             evicted = new + buf.local_end - size
             buf.roll(self.sink, evicted, buf.local_end - evicted - self.sink)
             local_end = buf.local_end + current_end - buf.global_end - evicted
         else:
             local_end = buf.local_end + current_end - buf.global_end
-        buf.write(local_end - new, local_end, roped_k, v, call.start_frame)
+        start = local_end - new
+        write = max(start, self.sink) if recompute else start  # the sink slots are kept in a recompute
+        if write < local_end:
+            skipped = (write - start) // buf.tpf
+            buf.write(write, local_end, roped_k[:, write - start:], v[:, write - start:], call.start_frame + skipped)
         budget = size  # max_attention_size: the buffer's size in both
         if self.sink:  # LongLive: the sinks, then the most recent tokens within the budget
             lo = max(self.sink, local_end - (budget - self.sink))
@@ -291,13 +301,13 @@ class Reference:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, timestep_per_frame: torch.Tensor, start_frame: int,
-                 updating_cache: bool = False) -> torch.Tensor:
+                 updating_cache: bool = False, text: torch.Tensor | None = None) -> torch.Tensor:
         frames = x.shape[2]
         patch = self.model.config.patch_size
         self.call.start_frame, self.call.updating_cache = start_frame, updating_cache
         self.call.grid = (frames, LATENT[0] // patch[1], LATENT[1] // patch[2])
         t = timestep_per_frame.float().expand(1, frames)
-        return self.model(x, t, self.text).sample
+        return self.model(x, t, self.text if text is None else text).sample
 
 
 def noise(block: int, step: int) -> torch.Tensor:
@@ -401,9 +411,11 @@ def test_a_cache_pass_is_its_own_forward(transformer, text):
 
 # ----------------------------------------------------------------------------- the Self-Forcing family
 
-def self_forcing_reference(transformer, text, name: str, blocks: int) -> torch.Tensor:
-    """``CausalInferencePipeline.inference`` for the preset ``name``, one prompt: per block its
-    steps, re-noising x0 to the next step, then its x0 at t = 0 into the cache."""
+def self_forcing_reference(transformer, text, name: str, blocks: int, switch: tuple[int, torch.Tensor] | None = None
+                           ) -> torch.Tensor:
+    """``CausalInferencePipeline.inference`` for the preset ``name``: per block its steps,
+    re-noising x0 to the next step, then its x0 at t = 0 into the cache. ``switch``: (block, new
+    prompt's embedding), LongLive's ``_recache_after_switch`` before that block."""
     preset = HUB_PRESETS[name]
     steps = upstream_steps(preset.timesteps, preset.shift, preset.warp)
     if preset.local_window is None:  # global: the 32760-token buffer, no rolling
@@ -414,15 +426,20 @@ def self_forcing_reference(transformer, text, name: str, blocks: int) -> torch.T
     reference = Reference(transformer, text, make, frames)
     output = []
     for b in range(blocks):
+        if switch is not None and b == switch[0]:
+            text, end = switch[1], b * BLOCK
+            recached = min(preset.local_window + preset.sink_frames, end)
+            video = torch.cat(output, dim=2)[:, :, end - recached:end]
+            reference(video, torch.zeros(1, recached), end - recached, updating_cache=True, text=text)
         x = noise(b, 0)
         for index, t in enumerate(steps):
-            flow = reference(x, t.float().repeat(BLOCK)[None], b * BLOCK)
+            flow = reference(x, t.float().repeat(BLOCK)[None], b * BLOCK, text=text)
             x0 = flow_to_x0(flow, x, t, preset.shift)
             if index < len(steps) - 1:
                 x = add_noise(x0, noise(b, index + 1), steps[index + 1], preset.shift)
         output.append(x0)
         if b < blocks - 1:  # the last block's pass writes K/V nobody reads
-            reference(x0, torch.zeros(1, BLOCK), b * BLOCK, updating_cache=True)
+            reference(x0, torch.zeros(1, BLOCK), b * BLOCK, updating_cache=True, text=text)
     return torch.cat(output, dim=2)
 
 
@@ -436,3 +453,27 @@ def test_the_self_forcing_family_equals_its_own_inference_loop(transformer, text
                      seed=SEED, local_window=preset.local_window, sink_frames=preset.sink_frames)
     got = ours(job, make_schedule(blocks, len(preset.timesteps)), LocalExecutor())
     assert (got - expected).abs().max().item() <= BAR
+
+
+@pytest.mark.parametrize("switch_block", [3, 5, 8], ids=["at 9 frames", "at 15 frames", "at 24 frames"])
+def test_longlive_switches_prompts_as_its_own_loop_does(transformer, text, switch_block):
+    """The switch pass: the last min(12, frames so far) frames at t = 0 under the new prompt in one
+    forward, attending to each other both ways; past 12 frames the sinks keep their K/V."""
+    from types import SimpleNamespace
+
+    from cascade.pipeline import switch_recache_blocks
+
+    preset, blocks = HUB_PRESETS["longlive-1.3b"], 10
+    new_prompt = torch.randn(1, 8, TINY_TRANSFORMER["text_dim"], generator=torch.Generator().manual_seed(9))
+    expected = self_forcing_reference(transformer, text, "longlive-1.3b", blocks, switch=(switch_block, new_prompt))
+    shape = SimpleNamespace(layout=LAYOUT, local_window=preset.local_window, sink_frames=preset.sink_frames)
+    passed = switch_recache_blocks(shape, switch_block)
+    schedule = make_schedule(blocks, 4, switch_recache={switch_block: passed})
+    assert [list(tick) for tick in schedule.ticks if tick[0].switch is not None] == [
+        [item for item in schedule.switch_items(switch_block)]]  # one tick, one forward
+    for executor in (LocalExecutor(), LocalExecutor(batched=True)):
+        job = DenoiseJob(transformer=transformer, text=torch.cat([text, new_prompt]), sampler=preset.sampler(),
+                         layout=LAYOUT, num_blocks=blocks, seed=SEED, local_window=preset.local_window,
+                         sink_frames=preset.sink_frames, prompts=schedule.item_prompts([switch_block]))
+        got = ours(job, schedule, executor)
+        assert (got - expected).abs().max().item() <= BAR

@@ -102,33 +102,38 @@ def test_blocks_out_of_range_are_refused_for_the_video_they_run_in():
 
 
 @pytest.mark.parametrize("local_window, sink_frames, switch, blocks", [
-    (12, 0, 4, (1, 2, 3)),  # tiny-shapes: 12 frames ending with the query block's own = 3 earlier blocks
+    (12, 0, 4, (0, 1, 2, 3)),  # tiny-shapes: the last min(12, frames so far) frames
+    (12, 0, 6, (2, 3, 4, 5)),
     (12, 0, 1, (0,)),
-    (9, 3, 4, (2, 3)),  # LongLive: 3 sink frames (block 0, kept) + 9 recent, the query block's own among them
-    (9, 3, 1, ()),  # all the block sees is the sink
+    (9, 3, 4, (0, 1, 2, 3)),  # LongLive (local_attn_size 12): all 12 frames so far, the sinks rewritten
+    (9, 3, 1, (0,)),
+    (9, 3, 6, (3, 4, 5)),  # past 12 frames: the sinks kept, the 9 frames after the pass's first 3
+    (9, 3, 10, (7, 8, 9)),
     (None, 0, 4, (0, 1, 2, 3)),  # global attention: everything before
-    (None, 3, 4, (1, 2, 3)),
+    (None, 3, 4, (0, 1, 2, 3)),
 ])
-def test_the_serial_switch_recaches_the_attention_window_and_keeps_the_sinks(model, local_window, sink_frames,
-                                                                             switch, blocks):
+def test_the_serial_switch_recaches_the_last_frames_and_keeps_the_sinks_past_them(model, local_window, sink_frames,
+                                                                                  switch, blocks):
     windowed = replace(model, layout=replace(model.layout, frames_per_block=3), local_window=local_window,
                        sink_frames=sink_frames)
     assert switch_recache_blocks(windowed, switch) == blocks
 
 
-def test_switch_recaches_run_one_per_tick_right_before_the_switch_block():
+def test_a_switch_pass_is_one_tick_right_before_the_switch_block():
     plain = make_schedule(6, 2)
     schedule = make_schedule(6, 2, switch_recache={4: (1, 2, 3)})
     at = schedule.switch_tick(4)
-    assert [list(tick) for tick in schedule.ticks[at:at + 4]] == [
-        [WorkItem(1, "switch@4")], [WorkItem(2, "switch@4")], [WorkItem(3, "switch@4")], [WorkItem(4, 0)]]
+    assert [list(tick) for tick in schedule.ticks[at:at + 2]] == [
+        [WorkItem(1, "switch@4"), WorkItem(2, "switch@4"), WorkItem(3, "switch@4")], [WorkItem(4, 0)]]
     assert schedule.switch_items(4) == [WorkItem(b, "switch@4") for b in (1, 2, 3)]
-    assert schedule.num_items == plain.num_items + 3
+    assert schedule.num_items == plain.num_items + 3 and schedule.num_ticks == plain.num_ticks + 1
     assert [t for t in schedule.ticks if t[0].switch is None] == list(plain.ticks)
     with pytest.raises(ValueError, match="serial schedules"):
         make_schedule(6, 2, window=2, stride=1, switch_recache={4: (3,)})
-    with pytest.raises(ValueError, match="distinct earlier blocks"):
+    with pytest.raises(ValueError, match="consecutive earlier blocks"):
         make_schedule(6, 2, switch_recache={4: (3, 4)})
+    with pytest.raises(ValueError, match="consecutive earlier blocks"):
+        make_schedule(6, 2, switch_recache={4: (1, 3)})
 
 
 @pytest.mark.parametrize("schedule", [make_schedule(6, 3, window=3, stride=1, recache=False),
@@ -160,7 +165,7 @@ def test_switch_recaches_are_not_a_blocks_completion():
 def switching_oracle(model, schedule, prompts):
     """The context rule with snapshots (as tests/test_pipeline.py's oracle) and the prompt swapped
     in by hand: prompt i takes over in the first tick that touches its block (a switch recache
-    for it, or its first step), for every item of that tick and after."""
+    for it, or its first step), for every item of that tick and after. A switch pass is one forward."""
     sampler = model.sampler.with_steps(schedule.num_steps)
     jobs = [DenoiseJob(model.transformer, model.encode_text([text])[0], sampler, model.layout, schedule.num_blocks, SEED,
                        local_window=model.local_window, sink_frames=model.sink_frames) for _, text in prompts]
@@ -171,12 +176,13 @@ def switching_oracle(model, schedule, prompts):
         if prompt + 1 < len(prompts) and prompts[prompt + 1][0] in touched:
             prompt += 1
         next_cache = copy.deepcopy(cache)
-        for item in tick:
+        for group in ([tick] if jobs[prompt].one_forward(tick) else [(item,) for item in tick]):
             own = copy.deepcopy(cache)
-            x = current.get(item.block, jobs[prompt].initial_latent(item.block, "cpu"))
-            current[item.block] = jobs[prompt].run([item], [x], own)[0]
-            start, count = own.commit()[0]
-            next_cache.write_frames(start, *own.read_frames(start, count))
+            xs = [current.get(item.block, jobs[prompt].initial_latent(item.block, "cpu")) for item in group]
+            for item, out in zip(group, jobs[prompt].run(list(group), xs, own)):
+                current[item.block] = out
+            for start, count in own.commit():
+                next_cache.write_frames(start, *own.read_frames(start, count))
         cache = next_cache
     return torch.cat([current[b] for b in range(schedule.num_blocks)], dim=2)
 
@@ -187,7 +193,8 @@ def cascade_schedule():
 
 @pytest.mark.parametrize("kind", ["serial", "cascade"])
 def test_the_pipeline_switches_prompts_as_the_oracle_does(model, kind):
-    assert switch_recache_plan(model, TWO_SWITCHES) == {2: (1,), 4: (2, 3)}  # the window, the sink kept
+    # every frame so far, up to the local window and its sinks (8 frames): sinks rewritten
+    assert switch_recache_plan(model, TWO_SWITCHES) == {2: (0, 1), 4: (0, 1, 2, 3)}
     schedule = serial_with_switches(model, 6, 3, TWO_SWITCHES) if kind == "serial" else cascade_schedule()
     oracle = switching_oracle(model, schedule, TWO_SWITCHES)
     for batched in (False, True):
@@ -241,10 +248,18 @@ def pool():
         yield executor
 
 
-@pytest.mark.parametrize("kind", ["serial", "cascade"])
+def test_a_pool_refuses_a_switch_pass_in_one_line(tiny, pool):
+    """A serial switch pass is one forward of blocks that live on different workers; the pool
+    refuses it before any work and runs on afterwards."""
+    with pytest.raises(ValueError, match="^a serial run with prompt switches re-encodes its recent blocks in one "
+                                         "forward .LongLive's switch pass., which needs every one of them on one "
+                                         "device: use LocalExecutor$"):
+        BlockCausalPipeline(tiny)(POOL_PROMPTS, serial_with_switches(tiny, 5, 2, POOL_PROMPTS), pool, seed=SEED)
+
+
+@pytest.mark.parametrize("kind", ["cascade"])
 def test_pool_local_and_batched_executors_give_the_same_frames_with_switches(tiny, pool, kind):
-    schedule = (serial_with_switches(tiny, 5, 2, POOL_PROMPTS) if kind == "serial"
-                else make_schedule(5, 2, window=2, stride=1))
+    schedule = make_schedule(5, 2, window=2, stride=1)
     runs = {executor.name: BlockCausalPipeline(tiny)(POOL_PROMPTS, schedule, executor, seed=SEED)
             for executor in (LocalExecutor(threads=1), LocalExecutor(batched=True, threads=1), pool)}
     for name, run in runs.items():

@@ -61,7 +61,7 @@ class LocalExecutor:
             for item in tick:
                 if item.block not in current:
                     current[item.block] = job.initial_latent(item.block, self.device)
-            groups = [tick] if (self.batched or job.joint) else [(item,) for item in tick]
+            groups = [tick] if (self.batched or job.one_forward(tick)) else [(item,) for item in tick]
             for group in groups:
                 start = time.perf_counter() - t0
                 outputs = job.run(group, [current[i.block] for i in group], cache)

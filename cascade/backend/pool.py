@@ -45,7 +45,7 @@ from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
 from .fork_server import start_fork_server
 from .local import torch_threads
-from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_joint
+from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_one_device_forwards
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
@@ -328,11 +328,11 @@ class DistributedExecutor:
         """Run ``job`` on the pool (started afresh if an earlier run failed); ``on_block`` gets
         every block, in block order, as soon as its owner reports it final.
 
-        Raises ValueError for a joint job or a model whose weights differ from the replicas,
+        Raises ValueError for a joint job or a switch pass (forwards for one device), or a model whose weights differ from the replicas,
         RuntimeError naming the worker and the cause if a worker dies or fails, or if no tick
         finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
         """
-        refuse_joint(job)
+        refuse_one_device_forwards(job, schedule)
         with self._lock:
             return self._execute(job, schedule, progress, on_block)
 

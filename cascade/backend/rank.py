@@ -44,10 +44,14 @@ TICK_TIMEOUT_S = 60.0
 KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
 
 
-def refuse_joint(job) -> None:
+def refuse_one_device_forwards(job, schedule: Schedule) -> None:
+    """A pool runs a worker's items one by one: a forward of several blocks is for one device."""
     if job.joint:
         raise ValueError("a joint job runs a whole tick in one forward on one device; "
                          "use LocalExecutor for the joint variant")
+    if any(job.one_forward(tick) for tick in schedule.ticks):
+        raise ValueError("a serial run with prompt switches re-encodes its recent blocks in one forward (LongLive's "
+                         "switch pass), which needs every one of them on one device: use LocalExecutor")
 
 
 class RankExecutor:
@@ -99,7 +103,7 @@ class RankExecutor:
         holds across machines. ``checked``: the caller made sure every rank holds the same
         weights and prompt embedding (the pool does); otherwise the ranks compare them first.
         """
-        refuse_joint(job)
+        refuse_one_device_forwards(job, schedule)
         if not checked:
             self._check_same_job(job)
         # An earlier run's cache when it fits: a fresh one costs milliseconds of zeroing and page
