@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    from .service import EXECUTORS, GenerateRequest as R
+    from .service import EXECUTORS, PLACEMENTS, GenerateRequest as R
 
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="what the video shows")
@@ -35,6 +36,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="local: one item at a time; batched: a tick's items in one forward; "
                              "distributed: a pool of worker processes, block b on worker b mod W")
     parser.add_argument("--workers", type=int, default=R.workers, help="distributed: worker processes (devices)")
+    parser.add_argument("--placement", choices=PLACEMENTS, default=R.placement,
+                        help="distributed: blocks (block b on worker b mod W, Block Cascading's) or tokens (every "
+                             "worker runs every item on its share of the tokens: sequence parallelism)")
     parser.add_argument("--threads", type=int, default=R.threads, help="torch intra-op threads (per worker)")
     parser.add_argument("--bwcache", action="store_true", help="reuse transformer-block features across steps")
     parser.add_argument("--bwcache-threshold", type=float, default=R.bwcache_threshold,
@@ -69,13 +73,13 @@ def _request(args: argparse.Namespace, mode: str):
     return GenerateRequest(
         prompt=args.prompt or "", prompt_schedule=schedule, mode=mode, model=args.model, blocks=args.blocks, steps=args.steps,
         window=args.window, stride=args.stride, recache=args.recache, joint=args.joint,
-        executor=args.executor, workers=args.workers, seed=args.seed, threads=args.threads,
+        executor=args.executor, workers=args.workers, placement=args.placement, seed=args.seed, threads=args.threads,
         bwcache=args.bwcache, bwcache_threshold=args.bwcache_threshold,
     )
 
 
-def _summary(stats: dict) -> str:
-    return (f"{stats['mode']}: {stats['frames']} frames in {stats['latency_s']:.2f} s ({stats['fps']:.1f} FPS), "
+def _summary(stats: dict, name: str | None = None) -> str:
+    return (f"{name or stats['mode']}: {stats['frames']} frames in {stats['latency_s']:.2f} s ({stats['fps']:.1f} FPS), "
             f"{stats['ticks']} ticks, {stats['forwards']} forwards on {stats['workers']} worker(s)")
 
 
@@ -99,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .service import UNLIMITED, Service
 
-    request = _request(args, "cascade")
+    request = replace(_request(args, "cascade"), runs=tuple(args.runs.split(",")))
     with Service(limits=UNLIMITED) as service:
         service.warm_up(request)  # nothing timed below pays for loading or starting; bad values fail here
         result = service.compare(request, progress=args.progress, folder=args.out)
@@ -110,6 +114,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     q = s["quality"]
     print(f"speedup {s['speedup']:.2f}x (ideal {s['ideal_speedup']:.2f}x; {s['counted_as']}); cascade vs serial "
           f"PSNR {float(q['psnr_db']):.1f} dB, SSIM {q['ssim']:.3f} -> {args.out}")
+    if "sequence" in s:
+        print(f"{_summary(s['sequence'], 'sequence')}; speedup {s['sequence_speedup']:.2f}x (ideal "
+              f"{s['sequence_plan']['bound']:.2f}x); vs serial PSNR {float(q['sequence']['psnr_db']):.1f} dB")
     for serial, cascade in zip(s["serial"]["switches"], s["cascade"]["switches"]):
         print(f"switch at block {serial['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "
               f"forwards, cascade {cascade['latency_s']:.2f} s and {cascade['forwards']}")
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=cmd_generate)
     comparison = commands.add_parser("compare", help="the same prompt and seed, serial and cascaded")
     _add_run_options(comparison)
+    comparison.add_argument("--runs", default="serial,cascade",
+                            help="serial,cascade or serial,cascade,sequence: the third run is the serial schedule "
+                                 "with every forward split over the pool's workers (--executor distributed)")
     comparison.set_defaults(run=cmd_compare)
     from . import bench, evaluate
     from .toy import train as trainer

@@ -49,6 +49,11 @@ results would spend the compute the cache exists to save, and would stage fresh 
 reused rows, so a batched executor would no longer produce what a one-item-at-a-time executor
 produces. ``mixed_forwards`` in the stats counts how often this happens.
 
+**Token parallelism** (``cascade.model.context_parallel``: each process runs every forward on its
+share of the tokens) leaves each process its share of every feature; the indicator's sums are
+added over the processes, so it is the gathered features' indicator, the same bits on each, and
+every process takes the same decisions (and runs the same collectives).
+
 A transformer runs one forward at a time (its ``forward_state`` is shared), so the hooks keep
 the forward in progress in the same one state as the per-video-block caches and per-request
 stats. It is not diffusers' ``StateManager``, which keys state by one cache context per forward,
@@ -289,7 +294,7 @@ class BWCacheBlockHook(ModelHook):
         previous = self.state.video_blocks.get(row.key)
         span = 0
         if previous is not None:
-            value = relative_l1(features, previous.features)
+            value = relative_l1(features, previous.features, self._total())
             stats.indicator.append((row.key[1], row.step, value))
             if value < self.config.threshold:
                 span = self.config.reuse_span(row.step)
@@ -299,12 +304,22 @@ class BWCacheBlockHook(ModelHook):
             self.state.video_blocks[row.key] = _VideoBlockCache(row.step, features, output[i : i + 1], row.step + span,
                                                                 self.state.text)
 
+    def _total(self):
+        """How a sum over a forward's tokens is completed: under token parallelism each process holds
+        its share of the tokens, and the indicator is that of the gathered features."""
+        parallel = self.forward_state.token_parallel
+        return parallel.total if parallel is not None else None
 
-def relative_l1(current: dict[int, torch.Tensor], previous: dict[int, torch.Tensor]) -> float:
-    """BWCache's indicator: ‖h − h_prev‖₁ / ‖h_prev‖₁ per block, averaged over the blocks given."""
-    ratios = [(current[b].float() - previous[b].float()).abs().sum() / previous[b].float().abs().sum()
-              for b in current]
-    return torch.stack(ratios).mean().item()
+
+def relative_l1(current: dict[int, torch.Tensor], previous: dict[int, torch.Tensor], total=None) -> float:
+    """BWCache's indicator: ‖h − h_prev‖₁ / ‖h_prev‖₁ per block, averaged over the blocks given.
+    ``total``: adds the per-block sums [blocks, 2] over every process holding a share of the
+    tokens (the same on each, so all decide alike); None: these are all the tokens."""
+    sums = torch.stack([torch.stack([(current[b].float() - previous[b].float()).abs().sum(),
+                                     previous[b].float().abs().sum()]) for b in current])
+    if total is not None:
+        sums = total(sums)
+    return (sums[:, 0] / sums[:, 1]).mean().item()
 
 
 def _take_rows(value, index: torch.Tensor, rows: int):

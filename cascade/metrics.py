@@ -94,7 +94,8 @@ def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int,
     - ``time_to_first_block_s``: end of the last item of block 0 (first frames can be shown);
     - ``fps``: total_frames (default frames_per_block * num_blocks) / latency_s;
     - ``block_fps``: steady-state throughput, see :func:`steady_block_fps`;
-    - ``forwards``: number of items (model forwards, recache included);
+    - ``forwards``: number of items (model forwards, recache included), each counted once when
+      several workers ran it together (the tokens placement: each on its share of the tokens);
     - ``busy_share``: {worker: summed item durations / latency_s}, how much each worker worked.
     """
     items = _read_timeline(timeline)
@@ -110,7 +111,7 @@ def run_timing(timeline: Iterable[Any], frames_per_block: int, num_blocks: int,
         "time_to_first_block_s": completions[0],
         "fps": (frames_per_block * num_blocks if total_frames is None else total_frames) / latency,
         "block_fps": steady_block_fps(completions, frames_per_block),
-        "forwards": len(items),
+        "forwards": len({(item["block"], str(item["step"])) for item in items}),
         "busy_share": {worker: busy[worker] / latency for worker in sorted(busy)},
     }
 

@@ -15,7 +15,7 @@ carries every prompt's embedding and which prompt each work item runs under
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .caching import BWCacheConfig, apply_bw_cache, bw_cache_stats, merge_bw_cache_stats, remove_bw_cache
+from .model.context_parallel import TokenParallel
 from .model.kv_cache import KVCache, window_frames
 from .model.presets import LatentLayout
 from .sampling import FlowMatchSampler, item_noise
@@ -68,16 +69,26 @@ class DenoiseJob:
     _text_on: dict = field(default_factory=dict, repr=False)
 
     @contextmanager
-    def session(self, cache: KVCache):
-        """What a run needs on its transformer: BWCache's hooks, applied for the run and removed
-        after. Yields a dict that holds what the run did once it ends: ``cross_attention_builds``
-        (how often this worker built its cross-attention cache in ``cache``, the run's KV cache:
-        once per prompt it ran items under) and, with BWCache, ``bwcache``. Executors enter it
-        once per run on each transformer they use."""
+    def session(self, cache: KVCache, tokens: TokenParallel | None = None):
+        """What a run needs on its transformer: BWCache's hooks and, with ``tokens``, token
+        parallelism (``token_parallel``), applied for the run and removed after. Yields a dict
+        that holds what the run did once it ends: ``cross_attention_builds`` (how often this worker
+        built its cross-attention cache in ``cache``, the run's KV cache: once per prompt it ran
+        items under) and, with BWCache, ``bwcache``. Executors enter it once per run on each
+        transformer they use."""
         report: dict = {}
-        with self._bw_cache(report):
+        # token parallelism's hooks wrap BWCache's: BWCache sees (and caches) this process's tokens
+        with self._bw_cache(report), (tokens.applied(self.transformer) if tokens is not None else nullcontext()):
             yield report
             report["cross_attention_builds"] = cache.text_builds
+
+    def token_parallel(self, device, reuse: TokenParallel | None = None) -> TokenParallel:
+        """This process's part in running every item on all processes of the initialised
+        torch.distributed group, each on its share of every frame's tokens (the pool's ``tokens``
+        placement); collective. ``reuse``: an earlier run's, whose device mesh is kept."""
+        lay = self.layout
+        return TokenParallel(self.transformer, self.transformer.tokens_per_frame(lay.height, lay.width),
+                             torch.device(device), reuse=reuse)
 
     @contextmanager
     def _bw_cache(self, report: dict):
@@ -91,13 +102,15 @@ class DenoiseJob:
         finally:
             remove_bw_cache(self.transformer)
 
-    def new_cache(self, device, reuse: KVCache | None = None) -> KVCache:
-        """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits."""
+    def new_cache(self, device, reuse: KVCache | None = None, tokens: TokenParallel | None = None) -> KVCache:
+        """An empty KV cache for this video; ``reuse``: an earlier run's, taken if it fits;
+        ``tokens``: this process's share of it under token parallelism."""
         lay = self.layout
         return self.transformer.new_kv_cache(
             self.num_blocks * lay.frames_per_block, lay.height, lay.width,
             local_window=self.local_window, sink_frames=self.sink_frames, device=device, reuse=reuse,
             rolling_anchor=self.rolling_anchor,
+            shard=tokens.cache_shard() if tokens is not None else None,
         )
 
     def initial_latent(self, block: int, device) -> torch.Tensor:

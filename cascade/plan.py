@@ -15,7 +15,9 @@ The bound of each backend follows from how it runs a schedule:
   tested against a simulation of that loop);
 - batched: one forward per tick of ``n`` rows, whose cost was measured on the device
   (``PlanBackend.forward_seconds``); joint: one forward of ``n`` consecutive blocks, likewise;
-- unbatched on one device: one forward per item, so no cascade is faster than its items.
+- unbatched on one device: one forward per item, so no cascade is faster than its items;
+- pool, ``tokens`` placement (sequence parallelism): every worker runs every item on its share of
+  the tokens, so an item costs 1/W of a forward if exchanging Q/K/V were free.
 
 The default plan (``choose_plan``) is the fastest on the backend whose measured quality (the
 model folder's table of held-out evaluations) is within ``QUALITY_MARGIN`` of serial at the same
@@ -44,10 +46,16 @@ class PlanBackend:
     executor: str  # "local", "batched" or "distributed"
     workers: int = 1
     forward_seconds: Callable[[int, bool], float] | None = None
+    placement: str = "blocks"  # distributed: "blocks" or "tokens" (every item on every worker)
+
+    @property
+    def splits_tokens(self) -> bool:
+        return self.executor == "distributed" and self.placement == "tokens"
 
     def describe(self) -> str:
         if self.executor == "distributed":
-            return f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+            workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+            return workers + (", each item split over their tokens" if self.splits_tokens else "")
         return "one device, batched" if self.executor == "batched" else "one device, one item at a time"
 
 
@@ -86,6 +94,8 @@ def pool_forwards(schedule: Schedule, workers: int) -> int:
 def run_cost(schedule: Schedule, backend: PlanBackend, joint: bool = False) -> float:
     """What ``schedule`` costs on ``backend`` with free communication, in seconds where forwards
     were measured (one device, batched or joint), else in forwards."""
+    if backend.splits_tokens:  # each item's forward shared by every worker, one item after another
+        return schedule.num_items / backend.workers
     if backend.executor == "distributed":
         return pool_forwards(schedule, backend.workers)
     one_forward_per_tick = joint or backend.executor == "batched"
@@ -118,6 +128,8 @@ def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: 
     worker per tick"."""
     where = f"on {backend.describe()}"
     line = f"{plan.name} {where}: {schedule.num_ticks} ticks, at most {bound_value:.2f}× here"
+    if backend.splits_tokens:
+        return line + ", every worker on its share of each forward's tokens"
     if backend.executor == "distributed":
         busiest = max(busiest_worker(tick, backend.workers) for tick in schedule.ticks)
         return line + (", one item per worker per tick" if busiest == 1 else
@@ -129,7 +141,10 @@ def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: 
 
 def assumptions(backend: PlanBackend, bwcache: bool) -> str:
     """What a bound assumes, in one line."""
-    if backend.executor == "distributed":
+    if backend.splits_tokens:
+        text = ("“at most” assumes exchanging Q/K/V inside each forward takes no time: serial's forwards over "
+                "the schedule's items, each shared by the workers")
+    elif backend.executor == "distributed":
         text = ("“at most” assumes sending K/V takes no time: serial's forwards over the forwards one worker "
                 "runs in turn (the most items any one worker has in each tick, summed)")
     elif backend.executor == "batched":

@@ -35,7 +35,7 @@ import torch
 
 from . import metrics
 from .backend import LocalExecutor
-from .backend.rank import KV_EXCHANGES, TICK_TIMEOUT_S
+from .backend.rank import KV_EXCHANGES, PLACEMENTS, TICK_TIMEOUT_S
 from .caching import BWCacheConfig
 from .costs import ForwardCosts
 from .model.placement import pool_workers
@@ -49,6 +49,10 @@ from .worlds import judge_of
 MODES = ("serial", "cascade")
 EXECUTORS = ("local", "batched", "distributed")
 RUN_LABELS = {"serial": "Serial (block-causal)", "cascade": "Block Cascading"}
+# compare's optional third run: the serial schedule on the pool's tokens placement
+SEQUENCE_LABEL = "Sequence parallel (serial schedule, {workers} workers)"
+COMPARE_RUNS = ("serial", "cascade", "sequence")
+DEFAULT_RUNS = ("serial", "cascade")
 MAX_PROMPT_CHARS = 2000
 # What a request leaves unset and its model does not set (``CascadeModel.run_defaults``); the
 # schedule's knobs (window, stride, recache, joint) are planned for the backend (``cascade.plan``).
@@ -130,6 +134,11 @@ class GenerateRequest:
     bwcache_threshold: float = 0.15
     kv_exchange: str = "auto"  # distributed: how K/V move between workers (see backend/kv_exchange.py)
     prompt_schedule: PromptSchedule | None = None
+    # distributed: "blocks" (block b on worker b mod W) or "tokens" (every worker runs every item
+    # on its share of the tokens: sequence parallelism, see cascade/model/context_parallel.py)
+    placement: str = "blocks"
+    # compare: the runs made, serial and cascade always; "sequence" adds SEQUENCE_LABEL's (a pool only)
+    runs: tuple[str, ...] = DEFAULT_RUNS
 
     @property
     def bwcache_delta(self) -> float | None:
@@ -145,7 +154,8 @@ class GenerateRequest:
         """Raise ValueError, one clear line, for any value no run could take (before any work).
         Values are quoted cut short (``reprlib``): a visitor may send anything, of any length."""
         self._check_prompts()
-        for name, allowed in (("mode", (None, *MODES)), ("executor", EXECUTORS), ("kv_exchange", KV_EXCHANGES)):
+        for name, allowed in (("mode", (None, *MODES)), ("executor", EXECUTORS), ("kv_exchange", KV_EXCHANGES),
+                              ("placement", PLACEMENTS)):
             value = getattr(self, name)
             if value not in allowed:
                 named = ", ".join(a for a in allowed if a is not None)
@@ -157,6 +167,9 @@ class GenerateRequest:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {reprlib.repr(value)}")
+        if self.placement == "tokens" and self.executor != "distributed":
+            raise ValueError("placement tokens spreads every item over a pool's workers: use the distributed executor")
+        self._check_runs()
         self._check_joint()
 
     def _check_prompts(self) -> None:
@@ -181,6 +194,13 @@ class GenerateRequest:
         threshold = self.bwcache_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
             raise ValueError(f"bwcache_threshold must be a number of at least 0, got {reprlib.repr(threshold)}")
+
+    def _check_runs(self) -> None:
+        runs = self.runs
+        if not isinstance(runs, (tuple, list)) or list(runs) not in (list(DEFAULT_RUNS), list(COMPARE_RUNS)):
+            raise ValueError(f"runs must be {','.join(DEFAULT_RUNS)} or {','.join(COMPARE_RUNS)}, got {reprlib.repr(runs)}")
+        if "sequence" in runs and self.executor != "distributed":
+            raise ValueError("the sequence run splits every forward over a pool's workers: use the distributed executor")
 
     def _check_joint(self) -> None:
         if self.joint and self.mode != "serial" and self.executor == "distributed":
@@ -339,6 +359,13 @@ class CompareResult:
     cascade: GenerateResult
     stats: dict  # serial, cascade (run stats), speedup, ideal_speedup, counted_as, quality, queued_s
     files: dict[str, Path] = field(default_factory=dict)
+    sequence: GenerateResult | None = None  # the third run, when the request's runs name it
+
+    @property
+    def runs(self) -> dict[str, GenerateResult]:
+        """Every run made, by name, in the order they ran."""
+        made = {"serial": self.serial, "cascade": self.cascade, "sequence": self.sequence}
+        return {name: run for name, run in made.items() if run is not None}
 
 
 class FifoLock:
@@ -500,12 +527,14 @@ class Service:
     def compare(self, request: GenerateRequest, progress: ProgressFn | None = None, on_block=None,
                 folder: str | Path | None = None) -> CompareResult:
         """The same prompt and seed, serial and cascaded, on one backend: both runs, the speedup
-        beside the ideal one, quality, and the files (see ``write_compare_files``).
+        beside the ideal one, quality, and the files (see ``write_compare_files``). With
+        ``request.runs`` naming "sequence", a third run: the serial schedule on the pool's
+        ``tokens`` placement (sequence parallelism), with its own speedup and bound.
 
         Speedup is counted as the Block Cascading paper counts it: on a worker pool the serial run
         uses one worker of the kind each cascade worker is (on a CPU pool, its cores); on one
         device both runs use the same executor. ``on_block(run, block, frames, t)``: run is
-        "serial" or "cascade".
+        "serial", "cascade" or "sequence".
         """
         request = replace(request, mode="cascade")
         request.validate()
@@ -514,25 +543,34 @@ class Service:
             cascade_executor = self._executor(request, model)
             serial_executor = (LocalExecutor(self._local_device(), threads=cascade_executor.threads)
                                if request.executor == "distributed" else cascade_executor)
-            half = (lambda lo: (lambda f, m: progress(lo + f / 2, m))) if progress else (lambda lo: None)
+            share = 1 / len(request.runs)
+            part = (lambda i: (lambda f, m: progress((i + f) * share, m))) if progress else (lambda i: None)
             executors = {"serial": serial_executor, "cascade": cascade_executor}
+            if "sequence" in request.runs:
+                tokens = sequence_request(request)
+                executors["sequence"] = self._executor(tokens, model)
             held = frozenset(run for run, e in executors.items() if not leaves_a_core_free(e, self.device))
-            with StreamedVideos(self._folder(folder), model.fps, {run: f"{run}.mp4" for run in RUN_LABELS},
+            with StreamedVideos(self._folder(folder), model.fps, {run: f"{run}.mp4" for run in request.runs},
                                 on_block, held) as videos:
-                serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, half(0.0),
+                serial = self._run(replace(request, mode="serial", joint=False), model, serial_executor, part(0),
                                    videos.on_block)
-                cascade = self._run(request, model, cascade_executor, half(0.5), videos.on_block)
+                cascade = self._run(request, model, cascade_executor, part(1), videos.on_block)
+                sequence = None
+                if "sequence" in request.runs:
+                    sequence = self._run(tokens, model, executors["sequence"], part(2), videos.on_block,
+                                         name="sequence")
                 videos.release()
+                result = CompareResult(serial, cascade, {}, sequence=sequence)
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-by-side") as beside:
                     # the held videos and the side-by-side encode while the quality figures are computed
-                    side_by_side = beside.submit(write_side_by_side_file, videos.folder, serial, cascade, model.fps)
-                    stats = comparison_stats(serial, cascade, request, model, plan, self._plan_backend(request, model))
+                    side_by_side = beside.submit(write_side_by_side_file, videos.folder, result, model.fps)
+                    stats = comparison_stats(result, request, model, plan, self._plan_backend(request, model))
                     waited = time.perf_counter()
                     videos.files["side_by_side.mp4"] = side_by_side.result()
                     beside_s = time.perf_counter() - waited
             stats["files_s"] = {"videos": beside_s + videos.closing_s}
             stats["queued_s"] = queued
-            result = CompareResult(serial, cascade, metrics.json_safe(stats))
+            result.stats = metrics.json_safe(stats)
             result.files = write_compare_files(videos.folder, result, videos.files)
         return result
 
@@ -546,10 +584,11 @@ class Service:
         as a page leaves them; a one-device executor that is not the request's own uses the whole
         device (``threads`` None), as a page's one-device backend does. The short runs keep the
         video's geometry (so pools reuse their K/V caches) and run one step per block. A pool's
-        comparison runs its serial side on one device (``local``) as well."""
+        comparison runs its serial side on one device (``local``) as well, and its sequence run
+        (the tokens placement) when the request's runs name it."""
         request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
         others = [replace(request, executor=e, threads=None if e != "distributed" else request.threads,
-                          **dict.fromkeys(PLAN_KNOBS))
+                          runs=request.runs if e == "distributed" else DEFAULT_RUNS, **dict.fromkeys(PLAN_KNOBS))
                   for e in dict.fromkeys(executors) if e != request.executor]
         for each in (request, *others):  # a request that cannot run fails here, before the warm-up's work
             self.resolve(each)
@@ -577,7 +616,7 @@ class Service:
         """What ``request``'s plan is fitted to; on one device, with the forward costs measured there
         (each size once per service, the first time a plan needs it: the warm-up's plan at start)."""
         if request.executor == "distributed":
-            return PlanBackend("distributed", request.workers)
+            return PlanBackend("distributed", request.workers, placement=request.placement)
         key = (model.name, request.threads)
         if key not in self._forward_costs:
             self._forward_costs[key] = ForwardCosts(model, request.threads)
@@ -616,12 +655,15 @@ class Service:
             self._pools[key] = DistributedExecutor(PresetLoader(request.model), workers=request.workers,
                                                    device=self.device, threads_per_worker=request.threads,
                                                    kv_exchange=request.kv_exchange, tick_timeout_s=self.tick_timeout_s)
-        return self._pools[key]
+        return self._pools[key].placed(request.placement)
 
-    def _run(self, request: GenerateRequest, model: CascadeModel, executor, progress, on_block) -> GenerateResult:
+    def _run(self, request: GenerateRequest, model: CascadeModel, executor, progress, on_block,
+             name: str | None = None) -> GenerateResult:
+        """One run; ``on_block`` hears its blocks as the run ``name`` (default: its mode)."""
         schedule = request.schedule(model)
         bwcache = BWCacheConfig(request.steps, threshold=request.bwcache_threshold) if request.bwcache else None
-        frames_to = (lambda block, frames, t: on_block(request.mode, block, frames, t)) if on_block else None
+        name = name or request.mode
+        frames_to = (lambda block, frames, t: on_block(name, block, frames, t)) if on_block else None
         output = BlockCausalPipeline(model)(request.prompts, schedule, executor, seed=request.seed,
                                             joint=request.joint, progress=progress, request_id=uuid.uuid4().hex,
                                             bwcache=bwcache, on_block=frames_to)
@@ -671,6 +713,7 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
         "workers": output.workers,
         "threads": getattr(executor, "threads", request.threads),
         "kv_exchange": getattr(executor, "kv_exchange", None),
+        "placement": getattr(executor, "placement", "one device"),
         "window": schedule.window,
         "stride": schedule.stride,
         "recache": schedule.recache,
@@ -689,7 +732,7 @@ def run_stats(request: GenerateRequest, model: CascadeModel, executor, output: P
         "text_encode_s": output.text_s,
         "decode_s": output.decode_s,
         "unknown_words": output.unknown_words,
-        "bwcache": cache_figures(output.bwcache, len(model.transformer.blocks), len(output.timeline)),
+        "bwcache": cache_figures(output.bwcache, len(model.transformer.blocks), timing["forwards"]),
         **communication_figures(output.communication),
         "timeline": [entry.as_dict() for entry in output.timeline],
     }
@@ -751,7 +794,7 @@ def plan_figures(plan: Plan, request: GenerateRequest, model: CascadeModel, back
     serial, schedule = replace(request, mode="serial").schedule(model), request.schedule(model)
     reach = bound(serial, schedule, backend, plan.joint) * cut
     figures = {"name": plan.name, "window": plan.window, "stride": plan.stride, "recache": plan.recache,
-               "joint": plan.joint, "placement": "blocks" if backend.executor == "distributed" else "one device",
+               "joint": plan.joint, "placement": request.placement if backend.executor == "distributed" else "one device",
                "executor": backend.executor, "workers": backend.workers, "ticks": schedule.num_ticks,
                "bound": reach, "tick_ratio": tick_ratio(serial, schedule), "bwcache_cut": cut, "reason": plan.reason,
                "summary": describe(plan, schedule, backend, reach), "assumes": assumptions(backend, cut != 1.0)}
@@ -760,18 +803,39 @@ def plan_figures(plan: Plan, request: GenerateRequest, model: CascadeModel, back
     return figures
 
 
-def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: GenerateRequest,
-                     model: CascadeModel, plan: Plan, backend: PlanBackend) -> dict:
+def sequence_request(request: GenerateRequest) -> GenerateRequest:
+    """compare's third run: the serial schedule, every item on every worker of the request's pool."""
+    return replace(request, mode="serial", joint=False, placement="tokens")
+
+
+def sequence_figures(request: GenerateRequest, model: CascadeModel, cut: float) -> dict:
+    """The sequence run's plan: the serial schedule on the tokens placement and its bound (each
+    forward shared by the workers, times BWCache's measured ``cut``)."""
+    backend = PlanBackend("distributed", request.workers, placement="tokens")
+    serial = replace(request, mode="serial").schedule(model)
+    reach = bound(serial, serial, backend) * cut
+    plan = Plan(1, serial.stride, serial.recache, False, "the serial schedule, its tokens shared by the workers")
+    return {"name": "serial", "placement": "tokens", "workers": request.workers, "ticks": serial.num_ticks,
+            "bound": reach, "bwcache_cut": cut, "reason": plan.reason, "summary": describe(plan, serial, backend, reach),
+            "assumes": assumptions(backend, cut != 1.0)}
+
+
+def comparison_stats(result: CompareResult, request: GenerateRequest, model: CascadeModel, plan: Plan,
+                     backend: PlanBackend) -> dict:
+    serial, cascade = result.serial, result.cascade
     s, c = serial.stats, cascade.stats
     figures = plan_figures(plan, request, model, backend, bwcache_cut(s, c))
     started = time.perf_counter()
     judged = quality(serial, cascade, request.prompts, model)
+    if result.sequence is not None:
+        judged["sequence"] = {"psnr_db": metrics.psnr(serial.frames, result.sequence.frames),
+                              "ssim": metrics.ssim(serial.frames, result.sequence.frames)}
     if request.executor == "distributed":
         counted_as = (f"serial on one worker of the kind each of the {c['workers']} cascade workers is "
                       f"({c['threads']} thread{'s' if c['threads'] != 1 else ''} each), as the Block Cascading paper counts")
     else:
         counted_as = f"both runs on the same {c['executor']} executor on one device"
-    return {
+    stats = {
         "serial": s,
         "cascade": c,
         "speedup": s["latency_s"] / c["latency_s"],
@@ -782,6 +846,11 @@ def comparison_stats(serial: GenerateResult, cascade: GenerateResult, request: G
         "quality": judged,
         "quality_s": time.perf_counter() - started,
     }
+    if result.sequence is not None:
+        q = result.sequence.stats
+        stats.update(sequence=q, sequence_speedup=s["latency_s"] / q["latency_s"],
+                     sequence_plan=sequence_figures(request, model, bwcache_cut(s, q)))
+    return stats
 
 
 def quality(serial: GenerateResult, cascade: GenerateResult, prompts: PromptSchedule, model: CascadeModel) -> dict:
@@ -879,21 +948,27 @@ def leaves_a_core_free(executor, device: str) -> bool:
     return getattr(executor, "workers", 1) * (executor.threads or cores) < cores
 
 
-def write_side_by_side_file(folder: Path, serial: GenerateResult, cascade: GenerateResult, fps: float) -> Path:
-    """The labelled ``side_by_side.mp4`` (each run under its name and latency)."""
+def run_label(name: str, run: GenerateResult) -> str:
+    """What a run is called on the page and in the side-by-side video."""
+    return RUN_LABELS.get(name) or SEQUENCE_LABEL.format(workers=run.stats["workers"])
+
+
+def write_side_by_side_file(folder: Path, result: CompareResult, fps: float) -> Path:
+    """The labelled ``side_by_side.mp4``: every run, in a column under its name and latency."""
     from .video import write_side_by_side
 
-    labels = tuple(f"{RUN_LABELS[name]} {run.stats['latency_s']:.2f}s"
-                   for name, run in (("serial", serial), ("cascade", cascade)))
-    return write_side_by_side(serial.frames, cascade.frames, labels, folder / "side_by_side.mp4", fps=fps,
-                              scale=view_scale(serial.frames.shape[1]))
+    runs = result.runs
+    labels = tuple(f"{run_label(name, run)} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
+    return write_side_by_side([run.frames for run in runs.values()], labels, folder / "side_by_side.mp4", fps=fps,
+                              scale=view_scale(result.serial.frames.shape[1]))
 
 
 def write_compare_files(folder: Path, result: CompareResult, videos: dict[str, Path]) -> dict[str, Path]:
-    """Beside the ``videos`` (``serial.mp4``, ``cascade.mp4``, the labelled ``side_by_side.mp4``):
-    both runs' frames (``frames_serial.npy``, ``frames_cascade.npy``), ``timeline.json`` (every
-    forward of both runs: run, worker, block, step, start, end) and ``stats.json``."""
-    runs = {"serial": result.serial, "cascade": result.cascade}
+    """Beside the ``videos`` (``serial.mp4``, ``cascade.mp4``, ``sequence.mp4`` when it ran, the
+    labelled ``side_by_side.mp4``): every run's frames (``frames_serial.npy``,
+    ``frames_cascade.npy``, ``frames_sequence.npy``), ``timeline.json`` (every forward of every
+    run: run, worker, block, step, start, end) and ``stats.json``."""
+    runs = result.runs
     started = time.perf_counter()
     timeline = [{"run": name, **entry} for name, run in runs.items() for entry in run.stats["timeline"]]
     timeline_path = folder / "timeline.json"

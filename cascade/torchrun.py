@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from . import metrics
-from .backend.rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, RankExecutor
+from .backend.rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, PLACEMENTS, RankExecutor
 from .model.presets import load_model
 from .pipeline import BlockCausalPipeline
 from .service import GenerateRequest, run_stats
@@ -48,6 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (CPU)")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="blocks",
+                        help="blocks: block b on rank b mod W; tokens: every rank runs every item on its share of "
+                             "the tokens (sequence parallelism)")
     parser.add_argument("--kv-exchange", choices=KV_EXCHANGES, default="auto",
                         help="how K/V move between ranks (auto: shared memory when all ranks share one x86-64 host's CPU)")
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes frames.npy, latents.npy, "
@@ -72,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, device=device)
         request = GenerateRequest(prompt=args.prompt, mode="cascade" if args.window > 1 else "serial", model=args.model,
                                   blocks=args.blocks, steps=args.steps, window=args.window, stride=args.stride,
-                                  recache=args.recache, seed=args.seed, threads=args.threads)
+                                  recache=args.recache, seed=args.seed, threads=args.threads, executor="distributed",
+                                  workers=dist.get_world_size(), placement=args.placement)
         request.validate()
         request = request.resolved(model)
-        executor = RankExecutor(device, args.kv_exchange)
+        executor = RankExecutor(device, args.kv_exchange, placement=args.placement)
         output = BlockCausalPipeline(model)(request.prompts, request.schedule(model), executor, seed=request.seed)
         if dist.get_rank() == 0:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "stats.json").write_text(json.dumps(metrics.json_safe(stats), indent=1) + "\n")
             print(f"{executor.workers} ranks: {output.frames.shape[0]} frames in {stats['latency_s']:.2f} s, "
                   f"{stats['ticks']} ticks, {output.model_calls} forwards -> {args.out}")
+        dist.barrier()  # no rank tears its groups (the tokens placement's mesh among them) down while another writes
     finally:
         dist.destroy_process_group()
     return 0

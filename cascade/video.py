@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -181,41 +182,50 @@ def _with_banner(frames: np.ndarray, label: str, height: int, font_size: int) ->
 def side_by_side(
     left: np.ndarray, right: np.ndarray, left_label: str, right_label: str, scale: int = 1
 ) -> np.ndarray:
-    """Compose two videos next to each other, each under a label banner, split by a thin bar.
+    """Compose two videos next to each other, each under a label banner, split by a thin bar
+    (``in_columns`` of the two)."""
+    return in_columns([left, right], [left_label, right_label], scale=scale, names=("left", "right"))
 
-    Both videos are upscaled by `scale` before the labels are drawn, so the text is rendered at
+
+def in_columns(
+    videos: Sequence[np.ndarray], labels: Sequence[str], scale: int = 1, names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Compose videos in columns, left to right, each under a label banner, split by thin bars.
+
+    The videos are upscaled by `scale` before the labels are drawn, so the text is rendered at
     the output resolution. They must have the same height; if their lengths differ, the shorter
-    one holds its last frame so both stay visible to the end. Returns [T, H', W', 3] uint8.
+    ones hold their last frame so all stay visible to the end. `names` name the videos in errors.
+    Returns [T, H', W', 3] uint8.
     """
-    validate_frames(left, "left")
-    validate_frames(right, "right")
-    if left.shape[1] != right.shape[1]:
-        raise ValueError(
-            f"left and right must have the same height, got {left.shape[1]} and {right.shape[1]}"
-        )
-    left, right = upscale(left, scale), upscale(right, scale)
-    length = max(left.shape[0], right.shape[0])
-    left, right = hold_last_frame(left, length), hold_last_frame(right, length)
+    if len(videos) != len(labels) or not videos:
+        raise ValueError(f"need one label per video, got {len(videos)} videos and {len(labels)} labels")
+    names = names or [f"video {i + 1}" for i in range(len(videos))]
+    for video, name in zip(videos, names):
+        validate_frames(video, name)
+    heights = [video.shape[1] for video in videos]
+    if len(set(heights)) > 1:
+        raise ValueError(f"{' and '.join(names)} must have the same height, got {' and '.join(map(str, heights))}")
+    videos = [upscale(video, scale) for video in videos]
+    length = max(video.shape[0] for video in videos)
+    videos = [hold_last_frame(video, length) for video in videos]
 
-    column_width = min(left.shape[2], right.shape[2])
+    column_width = min(video.shape[2] for video in videos)
     height = banner_height(column_width)
-    font_size = fitting_font_size([left_label, right_label], column_width - 4, int(height * 0.7))
-    left = _with_banner(left, left_label, height, font_size)
-    right = _with_banner(right, right_label, height, font_size)
-    separator = np.empty((length, left.shape[1], max(2, scale), 3), dtype=np.uint8)
+    font_size = fitting_font_size(list(labels), column_width - 4, int(height * 0.7))
+    columns = [_with_banner(video, label, height, font_size) for video, label in zip(videos, labels)]
+    separator = np.empty((length, columns[0].shape[1], max(2, scale), 3), dtype=np.uint8)
     separator[...] = SEPARATOR_COLOUR
-    return np.concatenate([left, separator, right], axis=2)
+    parts = [part for column in columns for part in (separator, column)][1:]
+    return np.concatenate(parts, axis=2)
 
 
 def write_side_by_side(
-    left: np.ndarray,
-    right: np.ndarray,
-    labels: tuple[str, str],
+    videos: Sequence[np.ndarray],
+    labels: Sequence[str],
     path: str | Path,
     fps: float = 8,
     scale: int = 1,
 ) -> Path:
-    """Write the `side_by_side` composition of two videos as an mp4; returns the path."""
-    left_label, right_label = labels
-    frames = side_by_side(left, right, left_label, right_label, scale=scale)
-    return write_mp4(frames, path, fps=fps)
+    """Write the `in_columns` composition of the videos (two, or three with a sequence run) as an
+    mp4; returns the path."""
+    return write_mp4(in_columns(videos, labels, scale=scale), path, fps=fps)

@@ -153,3 +153,46 @@ def test_eval_scores_held_out_clips_and_records_the_cache(tmp_path):
     assert (report["mode"], report["window"], report["stride"], report["bwcache"]) == ("cascade", 2, 1, 0.2)
     assert report["prompts"] == len(report["items"]) == 2
     assert {"colour", "shape", "motion", "one_object"} <= set(report["summary"])
+
+
+def test_serial_on_tokens_of_a_pool_gives_the_local_serial_frames(tmp_path):
+    """The issue's bar: ``generate --mode serial --executor distributed --workers 2 --placement tokens``."""
+    common = ["generate", "--prompt", "a red circle moving right", "--mode", "serial", "--blocks", "3",
+              "--steps", "4", "--threads", "1"]
+    assert main([*common, "--executor", "distributed", "--workers", "2", "--placement", "tokens",
+                 "--out", str(tmp_path / "tokens")]) == 0
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    tokens, local = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("tokens", "local"))
+    assert (tokens["model"], tokens["executor"], tokens["workers"], tokens["placement"]) == (
+        "tiny-shapes", "distributed", 2, "tokens")
+    assert tokens["forwards"] == local["forwards"] and tokens["model_calls"] == local["model_calls"]
+    assert {e["worker"] for e in tokens["timeline"]} == {0, 1}
+    frames = [np.load(tmp_path / d / "frames.npy").astype(int) for d in ("tokens", "local")]
+    assert np.abs(frames[0] - frames[1]).max() <= 2
+
+
+def test_compare_adds_the_sequence_run_on_the_same_pool(tmp_path):
+    code = main(["compare", "--prompt", "a green square moving up", "--model", "random-tiny", "--blocks", "3",
+                 "--steps", "2", "--window", "2", "--stride", "1", "--executor", "distributed", "--workers", "2",
+                 "--threads", "1", "--runs", "serial,cascade,sequence", "--out", str(tmp_path)])
+    assert code == 0
+    for name in ("serial.mp4", "cascade.mp4", "sequence.mp4", "side_by_side.mp4"):
+        assert (tmp_path / name).stat().st_size > 0
+    serial, sequence = (np.load(tmp_path / f"frames_{run}.npy").astype(int) for run in ("serial", "sequence"))
+    assert np.abs(serial - sequence).max() <= 2
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert {"sequence", "sequence_speedup", "sequence_plan"} <= set(stats)
+    q = stats["sequence"]
+    assert (q["mode"], q["placement"], q["workers"], q["forwards"]) == ("serial", "tokens", 2, stats["serial"]["forwards"])
+    assert stats["sequence_speedup"] == stats["serial"]["latency_s"] / q["latency_s"]
+    assert stats["sequence_plan"]["bound"] == 2 and stats["sequence_plan"]["placement"] == "tokens"
+    assert {e["worker"] for e in q["timeline"]} == {0, 1}
+    timeline = json.loads((tmp_path / "timeline.json").read_text())
+    assert [e for e in timeline if e["run"] == "sequence"] == [{"run": "sequence", **e} for e in q["timeline"]]
+    assert stats["cascade"]["placement"] == "blocks"
+
+
+def test_the_sequence_run_needs_a_pool(tmp_path, capsys):
+    assert main(["compare", "--prompt", "x", "--model", "random-tiny", "--runs", "serial,cascade,sequence",
+                 "--out", str(tmp_path)]) == 2
+    assert "the sequence run splits every forward over a pool's workers" in capsys.readouterr().err

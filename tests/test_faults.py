@@ -95,8 +95,11 @@ def until_the_pool_sees_it_gone(pool, rank: int, timeout_s: float = 10) -> None:
 # --- through the Service ----------------------------------------------------------------------------
 
 
-def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succeeds(service, leftovers):
-    first = service.generate(POOL, files=False)
+# the tokens placement: every worker in every forward's collectives, none of them waits on K/V slots
+@pytest.mark.parametrize("placement", ["blocks", "tokens"])
+def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succeeds(service, leftovers, placement):
+    request = replace(POOL, placement=placement)
+    first = service.generate(request, files=False)
     old, held = workers_of(only_pool(service)), leftovers.since()
     killed = []
 
@@ -106,7 +109,7 @@ def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succ
             killed.append(time.monotonic())
 
     with pytest.raises(RuntimeError) as raised:
-        service.generate(POOL, progress=kill_worker_1, files=False)
+        service.generate(request, progress=kill_worker_1, files=False)
     assert time.monotonic() - killed[0] < KILLED_BAR_S
     assert re.match(rf"distributed pool failed during run \d+: worker 1 \(pid {old[1].pid}, cpu\) died: "
                     r"killed by signal SIGKILL", first_line(raised.value))
@@ -114,7 +117,7 @@ def test_a_killed_worker_fails_the_run_with_one_clear_line_and_the_next_run_succ
     # the stopped pool's queues and K/V slots are gone from shared memory, and its store's port is closed
     assert held and left_in_shared_memory(held) == [] and listening_ports() == leftovers.ports
 
-    again = service.generate(POOL, files=False)
+    again = service.generate(request, files=False)
     assert np.array_equal(again.frames, first.frames)
     assert {p.pid for p in workers_of(only_pool(service))}.isdisjoint(p.pid for p in old)
 

@@ -6,6 +6,7 @@ from cascade.video import (
     Mp4Writer,
     banner_height,
     hold_last_frame,
+    in_columns,
     pad_to_even,
     side_by_side,
     upscale,
@@ -155,10 +156,21 @@ def test_side_by_side_rejects_height_mismatch():
 
 def test_write_side_by_side(tmp_path):
     white, blue = solid((250, 250, 250), frames=2), solid((0, 0, 250), frames=3)
-    path = write_side_by_side(white, blue, ("A", "B"), tmp_path / "c.mp4", fps=4, scale=2)
+    path = write_side_by_side([white, blue], ("A", "B"), tmp_path / "c.mp4", fps=4, scale=2)
     size, frames = read_mp4(path)
     assert frames.shape[0] == 3
     width, height = size
     assert width % 2 == 0 and height % 2 == 0
     assert np.abs(frames[-1, -8, 8].astype(int) - (250, 250, 250)).max() <= 8
     assert np.abs(frames[-1, -8, -8].astype(int) - (0, 0, 250)).max() <= 12
+
+
+def test_three_columns_keep_their_order_and_bars():
+    colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200)]
+    frames = in_columns([solid(c, frames=2) for c in colours], ["Serial", "Cascade", "Sequence"], scale=2)
+    banner, width, bar = banner_height(32), 32, 2
+    assert frames.shape == (2, banner + 32, 3 * width + 2 * bar, 3)
+    for i, colour in enumerate(colours):
+        assert (frames[:, banner:, i * (width + bar): i * (width + bar) + width] == colour).all()
+    with pytest.raises(ValueError, match="one label per video"):
+        in_columns([solid(0)], ["a", "b"])

@@ -45,7 +45,8 @@ from .base import BlockFn, BlockHandOff, ExecutionResult
 from .fingerprint import same_fingerprint, weight_fingerprint
 from .fork_server import start_fork_server
 from .local import torch_threads
-from .rank import COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, refuse_one_device_forwards
+from .rank import (COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, check_placement,
+                   refuse_one_device_forwards)
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
@@ -94,13 +95,13 @@ def _worker_main(config: _WorkerConfig, commands, results) -> None:
             command = commands.get()
             if command is None:
                 break
-            run_id, spec, schedule, origin = pickle.loads(command)
+            run_id, spec, schedule, origin, placement = pickle.loads(command)
             job = dataclasses.replace(spec, transformer=replica)
             progress = _forward_progress(results, run_id) if rank == 0 else None
             # checked: the parent compared the job's weights with the replicas (identical since the
             # start) and sent every worker the same prompt embedding
             result = executor.execute(job, schedule, progress=progress, clock_origin=origin, checked=True,
-                                      on_own_block=_forward_block(results, run_id))
+                                      on_own_block=_forward_block(results, run_id), placement=placement)
             if rank == 0:
                 results.put(("done", run_id, result))
         dist.destroy_process_group()
@@ -182,6 +183,7 @@ class DistributedExecutor:
     """
 
     name = "distributed"
+    placement = "blocks"
 
     def __init__(
         self,
@@ -324,31 +326,40 @@ class DistributedExecutor:
 
     # --- runs ------------------------------------------------------------------------------
 
-    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None) -> ExecutionResult:
+    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None,
+                placement: str = "blocks") -> ExecutionResult:
         """Run ``job`` on the pool (started afresh if an earlier run failed); ``on_block`` gets
-        every block, in block order, as soon as its owner reports it final.
+        every block, in block order, as soon as its owner reports it final. ``placement``: how
+        the items spread over the workers (``RankExecutor.execute``; ``placed`` makes an executor
+        of the pool with another placement).
 
         Raises ValueError for a joint job or a switch pass (forwards for one device), or a model whose weights differ from the replicas,
         RuntimeError naming the worker and the cause if a worker dies or fails, or if no tick
         finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
         """
         refuse_one_device_forwards(job, schedule)
+        check_placement(placement)
         with self._lock:
-            return self._execute(job, schedule, progress, on_block)
+            return self._execute(job, schedule, progress, on_block, placement)
 
-    def _execute(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
+    def placed(self, placement: str) -> "DistributedExecutor | PlacedPool":
+        """This pool as an executor whose runs use ``placement`` (the pool itself for "blocks")."""
+        check_placement(placement)
+        return self if placement == self.placement else PlacedPool(self, placement)
+
+    def _execute(self, job, schedule: Schedule, progress, on_block, placement: str) -> ExecutionResult:
         self.start()
         self._check_weights(job.transformer)  # a refused job leaves the pool as it was
         with self._stopped_on_exception():
-            return self._run(job, schedule, progress, on_block)
+            return self._run(job, schedule, progress, on_block, placement)
 
-    def _run(self, job, schedule: Schedule, progress, on_block) -> ExecutionResult:
+    def _run(self, job, schedule: Schedule, progress, on_block, placement: str) -> ExecutionResult:
         self._run_id += 1
         spec = dataclasses.replace(job, transformer=None, text=job.text.detach().cpu(), _text_on={})
         origin = time.perf_counter()
         # Plain pickle, once: torch's queue pickler would move the prompt tensor through a new
         # shared-memory segment for every worker, milliseconds on the clock of every run.
-        self._send(pickle.dumps((self._run_id, spec, schedule, origin)))
+        self._send(pickle.dumps((self._run_id, spec, schedule, origin, placement)))
         blocks = BlockHandOff(on_block, lambda: time.perf_counter() - origin)
         # What this process does meanwhile (decoding the blocks handed on) runs on one thread: torch's
         # idle intra-op threads would spin on the cores the workers run on.
@@ -434,6 +445,30 @@ class DistributedExecutor:
         if errors:
             message += "\n\nfirst worker traceback:\n" + errors[0][3]
         return RuntimeError(message)
+
+
+class PlacedPool:
+    """A pool seen as an executor whose runs use another placement (``DistributedExecutor.placed``):
+    the same workers, queue and failures; only how a run's items spread over them differs."""
+
+    name = DistributedExecutor.name
+
+    def __init__(self, pool: DistributedExecutor, placement: str):
+        self.pool, self.placement = pool, placement
+
+    @property
+    def workers(self) -> int:
+        return self.pool.workers
+
+    @property
+    def threads(self) -> int | None:
+        return self.pool.threads
+
+    # tokens: nothing moves between ticks (Q/K/V go through the process group within each forward)
+    kv_exchange = None
+
+    def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None) -> ExecutionResult:
+        return self.pool.execute(job, schedule, progress, on_block, placement=self.placement)
 
 
 def _describe_exit(code: int) -> str:

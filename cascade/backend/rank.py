@@ -20,6 +20,11 @@ worker would end up running every item and the tick would take as long as on one
 move (``kv_exchange.py``) through shared memory when every worker is a CPU process of one
 x86-64 host, else with a broadcast from each owner (gloo on CPU, NCCL on GPU), one per owner per
 tick.
+
+The ``tokens`` placement (sequence parallelism) uses the same loop the other way round: every
+worker runs every item, each on its share of the tokens, and the job's model exchanges Q/K/V
+inside each forward (``DenoiseJob.token_parallel``: diffusers' context parallelism); nothing moves
+between ticks, and only worker 0 hands on blocks, since every worker ends with every latent.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ COLLECTIVE_TIMEOUT_S = 300.0  # a worker stuck alive in a collective fails after
 # seconds for Wan2.1 on a GPU; a pool's first run also builds its caches and communicators.
 TICK_TIMEOUT_S = 60.0
 KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
+# How a run's items spread over the workers: block b on worker b mod W, or every item on every
+# worker, each on its share of the tokens (sequence parallelism)
+PLACEMENTS = ("blocks", "tokens")
 
 
 def refuse_one_device_forwards(job, schedule: Schedule) -> None:
@@ -52,6 +60,11 @@ def refuse_one_device_forwards(job, schedule: Schedule) -> None:
     if any(job.one_forward(tick) for tick in schedule.ticks):
         raise ValueError("a serial run with prompt switches re-encodes its recent blocks in one forward (LongLive's "
                          "switch pass), which needs every one of them on one device: use LocalExecutor")
+
+
+def check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
 
 
 class RankExecutor:
@@ -65,9 +78,11 @@ class RankExecutor:
     name = "distributed"
 
     def __init__(self, device: str | torch.device, kv_exchange: str = "auto",
-                 timeout_s: float = COLLECTIVE_TIMEOUT_S):
+                 timeout_s: float = COLLECTIVE_TIMEOUT_S, placement: str = "blocks"):
         if kv_exchange not in KV_EXCHANGES:
             raise ValueError(f"kv_exchange must be one of {KV_EXCHANGES}, got {kv_exchange!r}")
+        check_placement(placement)
+        self.placement = placement  # the runs' placement unless ``execute`` is given another
         self.device = torch.device(device)
         self.rank = dist.get_rank()
         self.workers = dist.get_world_size()
@@ -81,7 +96,8 @@ class RankExecutor:
         self._shared_memory = kv_exchange != "broadcast" and all(possible)
         self._requested = kv_exchange
         self._shm: SharedMemoryExchange | None = None
-        self._cache = None
+        self._caches: dict[str, object] = {}  # per placement: the last run's KV cache, reused when it fits
+        self._tokens = None  # the last tokens run's share of the work (its device mesh is kept)
 
     @property
     def kv_exchange(self) -> str:
@@ -90,8 +106,16 @@ class RankExecutor:
 
     def execute(self, job, schedule: Schedule, progress=None, on_block: BlockFn | None = None,
                 clock_origin: float | None = None, checked: bool = False,
-                on_own_block: BlockFn | None = None) -> ExecutionResult:
+                on_own_block: BlockFn | None = None, placement: str | None = None) -> ExecutionResult:
         """Run this rank's items of ``schedule``; returns every block's latent (CPU) and timing.
+
+        ``placement`` (default: the executor's): "blocks" runs the items of block b on worker
+        b mod W and exchanges K/V after each tick; "tokens" runs every item on every worker, each
+        on its share of every frame's tokens (the job's ``token_parallel``: the attention
+        exchanges Q/K/V within each forward, each worker keeps its share of the KV cache, every
+        worker ends with every latent). Its timeline has every worker's forwards, ``model_calls``
+        counts each item once and the session report is rank 0's (every rank takes the same
+        decisions: checked).
 
         ``on_block`` is accepted for the executor protocol and not called: a rank sees only its
         own blocks finish, so it cannot hand on every block in order (the pipeline decodes what
@@ -104,30 +128,53 @@ class RankExecutor:
         weights and prompt embedding (the pool does); otherwise the ranks compare them first.
         """
         refuse_one_device_forwards(job, schedule)
+        placement = placement or self.placement
+        check_placement(placement)
         if not checked:
             self._check_same_job(job)
+        tokens = None
+        if placement == "tokens":
+            tokens = self._tokens = job.token_parallel(self.device, reuse=self._tokens)
         # An earlier run's cache when it fits: a fresh one costs milliseconds of zeroing and page
         # faults, on the run's clock since the pool's clock starts in the parent.
-        cache = self._cache = job.new_cache(self.device, reuse=self._cache)
-        exchange = self._exchange_for(cache, schedule, cache.num_frames // job.num_blocks)
-        with job.session(cache) as report:
+        cache = self._caches[placement] = job.new_cache(self.device, reuse=self._caches.get(placement), tokens=tokens)
+        exchange = None if tokens is not None else self._exchange_for(cache, schedule, cache.num_frames // job.num_blocks)
+        with job.session(cache, tokens=tokens) as report:
             dist.barrier(group=self._cpu_group)
             origin = time.perf_counter() if clock_origin is None else clock_origin
             mine = self._run_ticks(job, schedule, cache, exchange, lambda: time.perf_counter() - origin,
-                                   progress, on_own_block)
+                                   progress, on_own_block if tokens is None or self.rank == 0 else None)
         gathered = [None] * self.workers
-        dist.all_gather_object(gathered, (*mine, report), group=self._cpu_group)
+        # on the tokens placement every rank holds every latent: its own are the run's
+        shared = mine if tokens is None else ({}, *mine[1:])
+        dist.all_gather_object(gathered, (*shared, report), group=self._cpu_group)
+        timeline = sorted((e for part in gathered for e in part[1]), key=lambda e: (e.start, e.worker))
+        if tokens is not None:
+            return self._tokens_result(schedule, mine[0], timeline, gathered)
         latents = {block: x for part in gathered for block, x in part[0].items()}
         return ExecutionResult(
             latents=[latents[b] for b in range(schedule.num_blocks)],
-            timeline=sorted((e for part in gathered for e in part[1]), key=lambda e: (e.start, e.worker)),
+            timeline=timeline,
             model_calls=sum(part[3] for part in gathered),
             communication=sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker)),
             session_reports=[part[4] for part in gathered],
         )
 
+    def _tokens_result(self, schedule: Schedule, latents: dict, timeline: list, gathered: list) -> ExecutionResult:
+        """Every rank ran every item: its own latents are the run's, and its report speaks for all
+        once every rank's agrees (BWCache decided alike everywhere, each rank built its
+        cross-attention cache alike)."""
+        reports = [part[4] for part in gathered]
+        differing = [rank for rank, report in enumerate(reports) if report != reports[0]]
+        if differing:
+            raise RuntimeError(f"workers {differing} ran the tokens placement differently from worker 0: "
+                               f"{reports[differing[0]]} against {reports[0]}")
+        return ExecutionResult(latents=[latents[b] for b in range(schedule.num_blocks)], timeline=timeline,
+                               model_calls=gathered[0][3], session_reports=reports[:1])
+
     def _run_ticks(self, job, schedule: Schedule, cache, exchange, clock, progress, on_own_block):
-        """This rank's items, tick by tick; returns (its blocks' latents, timeline, traffic, calls)."""
+        """This rank's items, tick by tick: its own blocks' with an ``exchange`` of K/V, every item
+        without one (tokens); returns (its blocks' latents, timeline, traffic, calls)."""
         frames_per_block = cache.num_frames // job.num_blocks
         current: dict[int, torch.Tensor] = {}
         timeline: list[TimelineEntry] = []
@@ -136,12 +183,13 @@ class RankExecutor:
         for tick_index, tick in enumerate(schedule.ticks):
             blocked = 0.0
             for item in tick:
-                if owner(item.block, self.workers) != self.rank:
+                if exchange is not None and owner(item.block, self.workers) != self.rank:
                     continue
                 if item.block not in current:
                     current[item.block] = job.initial_latent(item.block, self.device)
                 waiting = clock()
-                exchange.receive(cache, frames_per_block, below=item.block)
+                if exchange is not None:
+                    exchange.receive(cache, frames_per_block, below=item.block)
                 self._sync()
                 start = clock()
                 blocked += start - waiting
@@ -152,11 +200,13 @@ class RankExecutor:
                 if on_own_block is not None and schedule.is_final(item):
                     on_own_block(item.block, current[item.block].cpu(), clock())
             cache.commit()
-            posted = clock()
-            sent, received = exchange.post(cache, [i.block for i in tick], frames_per_block)
-            communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
+            if exchange is not None:
+                posted = clock()
+                sent, received = exchange.post(cache, [i.block for i in tick], frames_per_block)
+                communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
             report_progress(progress, tick_index, schedule)
-        exchange.receive(cache, frames_per_block, below=None)
+        if exchange is not None:
+            exchange.receive(cache, frames_per_block, below=None)
         return {block: latent.cpu() for block, latent in current.items()}, timeline, communication, calls
 
     def _exchange_for(self, cache, schedule: Schedule, frames_per_block: int):

@@ -45,6 +45,8 @@ class _ForwardState:
     row_keys: list | None = None
     cache_passes: list[bool] | None = None  # per row: a t = 0 forward that only rewrites the row's K/V
     frame_rotation: Callable | None = None  # (shifts per row, device) -> RoPE by whole frames, the model's
+    # the process's part in token parallelism (context_parallel.TokenParallel) while it is applied
+    token_parallel: object | None = None
     _context: tuple | None = None
     _sinks: tuple | None = None
 
@@ -135,8 +137,13 @@ class CausalWanAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if not attn.is_cross_attention:
-            query, key, value, mask = self._self_qkv(attn, hidden_states, rotary_emb)
-            out = dispatch_attention_fn(query, key, value, attn_mask=mask)
+            query, key, value = self._self_qkv(attn, hidden_states, rotary_emb)
+            parallel = self.state.token_parallel
+            if parallel is not None:
+                out = parallel.attention(self.with_cache, query, key, value, self.state.num_frames)
+            else:
+                key, value, mask = self.with_cache(key, value)
+                out = dispatch_attention_fn(query, key, value, attn_mask=mask)
         elif encoder_hidden_states.ndim == 4:
             query, out = self._cross_per_frame(attn, hidden_states, encoder_hidden_states)
         else:
@@ -148,14 +155,17 @@ class CausalWanAttnProcessor:
     def _self_qkv(self, attn, hidden_states, rotary_emb):
         query = _query(attn, hidden_states)
         key, value = _key_value(attn, hidden_states)
-        query = _apply_rotary(query, *rotary_emb)
-        key = _apply_rotary(key, *rotary_emb)
+        return _apply_rotary(query, *rotary_emb), _apply_rotary(key, *rotary_emb), value
+
+    def with_cache(self, key: torch.Tensor, value: torch.Tensor):
+        """Stage the forward's own K/V (in frame order) in the KV cache and return them after the
+        committed context the rows see, with a key mask if rows differ; without a cache, as they
+        are with the forward's ``attention_mask``."""
         cache = self.state.kv_cache
         if cache is None:
-            return query, key, value, self.state.attention_mask
+            return key, value, self.state.attention_mask
         cache.stage(self.layer, self.state.start_frames, key, value)
-        key, value, mask = self._with_context(cache, key, value)
-        return query, key, value, mask
+        return self._with_context(cache, key, value)
 
     def _with_context(self, cache: KVCache, key: torch.Tensor, value: torch.Tensor):
         """Prepend the committed K/V of the earlier frames each row may see."""
@@ -238,11 +248,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         dtype: torch.dtype | None = None,
         reuse: KVCache | None = None,
         rolling_anchor: bool = False,
+        shard: dict | None = None,
     ) -> KVCache:
         """An empty cache for a video of ``num_frames`` latent frames of ``height``×``width``.
 
         ``reuse``: a cache no longer needed; if it has the same geometry it is emptied and returned
-        instead of allocating (and page-faulting) a new one.
+        instead of allocating (and page-faulting) a new one. ``shard``: the ``num_heads`` or
+        ``tokens_per_frame`` this process keeps under token parallelism (``TokenParallel.cache_shard``).
         """
         geometry = dict(
             num_layers=len(self.blocks),
@@ -257,6 +269,7 @@ class CausalWanTransformer(WanTransformer3DModel):
             dtype=dtype or self.dtype,
             rolling_anchor=rolling_anchor,
         )
+        geometry.update(shard or {})
         if reuse is not None and reuse.geometry == geometry:
             reuse.clear()
             return reuse

@@ -1,0 +1,241 @@
+"""Token parallelism for ``CausalWanTransformer``: every process runs every forward on its share
+of the tokens, through diffusers' context parallelism (``ContextParallelConfig``, its device
+mesh, its sharders and its templated Ulysses and Ring attention).
+
+The processes of the initialised torch.distributed group split the tokens of **every latent
+frame**: rank r holds tokens [lo_r, hi_r) of each frame (``torch.tensor_split``'s shares, so a
+token count that does not divide by W is fine). Splitting per frame rather than along the whole
+sequence is what lets each process keep its share of the block KV cache as an ordinary
+``KVCache``: with Ring attention it keeps the K/V of its own tokens of every frame (a cache with
+fewer tokens per frame), so local windows and sink frames select frames exactly as on one device.
+
+- **Ulysses** (the heads divide by W): Q/K/V go through diffusers' all-to-all, after which this
+  process holds every token of the forward for H/W heads. Its cache holds those heads for every
+  token: the forward op that diffusers' template calls between the two all-to-alls stages the
+  block's K/V and prepends the cached context.
+- **Ring** (otherwise): each process's local K/V are its share of the cached context plus its
+  share of the block; diffusers' ring gathers them and merges the partial attentions by their
+  log-sum-exp.
+
+What diffusers' engine did not carry as it is, and how it is extended through its own doors:
+
+- the split: diffusers' plan hooks split one dimension of a module's input or output. Our
+  per-frame split is its sharders (``EquipartitionSharder``, or ``PartitionAnythingSharder`` when
+  the frame's tokens do not divide) applied to a [rows, frames, tokens, ...] view, in hooks
+  (``ModelHook``) on the transformer blocks: block 0 splits the hidden states, every block gets
+  the shares of the RoPE tables and per-frame modulation, the last block gathers;
+- the attention: the templated attention takes its forward op as a parameter. Ours returns the
+  log-sum-exp on every device (diffusers' native op refuses it, so its Ring attention needs a
+  CUDA flash or cuDNN kernel) and, for Ulysses, reads and stages the KV cache on the K/V as they
+  are after the all-to-all, which no backend lets a caller reach. Worth proposing upstream: a
+  callback on the exchanged K/V (any KV-cached causal model needs it) and the log-sum-exp from
+  the native backend.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.context_parallel import EquipartitionSharder, PartitionAnythingSharder
+from diffusers.models._modeling_parallel import ContextParallelConfig, ParallelConfig
+from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+from torch.distributed.device_mesh import init_device_mesh
+
+_TOKEN_SHARE_HOOK = "token_share"
+ULYSSES, RING = "ulysses", "ring"
+
+
+def frame_shares(tokens_per_frame: int, ranks: int) -> list[int]:
+    """How many of each frame's tokens every rank holds (``torch.tensor_split``'s sizes)."""
+    base, extra = divmod(tokens_per_frame, ranks)
+    return [base + (rank < extra) for rank in range(ranks)]
+
+
+class TokenParallel:
+    """This process's part in running every forward on all processes of the default
+    torch.distributed group, each on its share of every frame's tokens.
+
+    ``reuse``: an earlier run's ``TokenParallel`` of the same transformer; its device mesh (new
+    process groups, which take every process and some time to make) is kept when it fits.
+    Collective: every process constructs it at the same point.
+    """
+
+    def __init__(self, transformer, tokens_per_frame: int, device: torch.device, reuse: "TokenParallel | None" = None):
+        self.ranks, self.rank = dist.get_world_size(), dist.get_rank()
+        self.heads = transformer.config.num_attention_heads
+        if tokens_per_frame < self.ranks:
+            raise ValueError(f"{self.ranks} processes cannot share the {tokens_per_frame} tokens of a frame")
+        self.kind = ULYSSES if self.heads % self.ranks == 0 else RING
+        self.shares = frame_shares(tokens_per_frame, self.ranks)
+        uneven = len(set(self.shares)) > 1
+        degree = {"ulysses_degree": self.ranks} if self.kind == ULYSSES else {"ring_degree": self.ranks}
+        config = ContextParallelConfig(**degree, ulysses_anything=uneven and self.kind == ULYSSES,
+                                       ring_anything=uneven and self.kind == RING)
+        fits = reuse is not None and reuse.mesh.device_type == device.type and reuse.kind == self.kind
+        self.mesh = reuse.mesh if fits else init_device_mesh(device.type, config.mesh_shape,
+                                                             mesh_dim_names=config.mesh_dim_names)
+        self.config = ParallelConfig(context_parallel_config=config)
+        self.config.setup(self.rank, self.ranks, device, mesh=self.mesh)
+        if uneven:
+            # diffusers' uneven gather all-gathers tensors of different sizes, which gloo refuses
+            self._share, self._whole = PartitionAnythingSharder.shard_anything, self._gather_padded
+        else:
+            self._share, self._whole = EquipartitionSharder.shard, EquipartitionSharder.unshard
+        self._orders: dict[int, torch.Tensor] = {}
+
+    @property
+    def _flat(self):
+        return self.config.context_parallel_config._flattened_mesh
+
+    def cache_shard(self) -> dict:
+        """The KV cache geometry this process keeps: H/W heads of every token (Ulysses), or every
+        head of its own tokens of each frame (Ring)."""
+        if self.kind == ULYSSES:
+            return {"num_heads": self.heads // self.ranks}
+        return {"tokens_per_frame": self.shares[self.rank]}
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    def take(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """This process's tokens of ``x`` [rows, frames·T, ...]: [rows, frames·T_r, ...]."""
+        return self._share(x.unflatten(1, (frames, -1)), 2, self._flat).flatten(1, 2)
+
+    def gather(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """Every process's tokens, in frame order: the inverse of ``take`` on every process."""
+        return self._whole(x.unflatten(1, (frames, -1)), 2, self._flat).flatten(1, 2)
+
+    def _gather_padded(self, x: torch.Tensor, dim: int, mesh) -> torch.Tensor:
+        """Every process's ``x`` joined along ``dim``, where the shares differ in size: each padded
+        to the largest, gathered, and cut back (one all-gather of equal sizes, as every backend takes)."""
+        widest = max(self.shares)
+        padded = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1 - dim) + (0, widest - x.shape[dim])).contiguous()
+        parts = [torch.empty_like(padded) for _ in range(self.ranks)]
+        dist.all_gather(parts, padded, group=mesh.get_group())
+        return torch.cat([part.narrow(dim, 0, share) for part, share in zip(parts, self.shares)], dim=dim)
+
+    def total(self, sums: torch.Tensor) -> torch.Tensor:
+        """``sums`` added over every process, in rank order: the same bits on every process, so
+        decisions taken on them (BWCache's) agree."""
+        parts = [torch.empty_like(sums) for _ in range(self.ranks)]
+        dist.all_gather(parts, sums.contiguous(), group=self._flat.get_group())
+        return torch.stack(parts).sum(0)
+
+    def _frame_order(self, frames: int, device) -> torch.Tensor:
+        """Where each token of a forward lands after Ulysses' all-to-all (every rank's share in
+        rank order) in the frame order the cache is written in: the permutation that restores it."""
+        if frames not in self._orders:
+            tokens = sum(self.shares)
+            starts = [sum(self.shares[:r]) for r in range(self.ranks)]
+            arrived = torch.tensor([f * tokens + starts[r] + i for r in range(self.ranks) for f in range(frames)
+                                    for i in range(self.shares[r])])
+            self._orders[frames] = torch.argsort(arrived).to(device)
+        return self._orders[frames]
+
+    # --- attention ---------------------------------------------------------------------------
+
+    def attention(self, with_cache, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  frames: int) -> torch.Tensor:
+        """Self-attention of this process's queries [rows, S_r, H, D] over every token of the
+        forward and the cached context. ``with_cache(key, value)`` stages the forward's own K/V
+        (in frame order) and returns them after the cached context the rows see, with a mask."""
+        if self.kind == ULYSSES:
+            forward_op = partial(_exchanged_attention, with_cache, self._frame_order(frames, key.device))
+        else:
+            key, value, mask = with_cache(key, value)
+            _refuse_mask(mask)
+            forward_op = _attention_op
+        return _templated_context_parallel_attention(query, key, value, forward_op=forward_op, backward_op=None,
+                                                     _parallel_config=self.config)
+
+    # --- on a transformer ----------------------------------------------------------------------
+
+    @contextmanager
+    def applied(self, transformer):
+        """Run ``transformer``'s forwards this way until the block ends: hooks on its blocks split
+        and gather the tokens, its attention processors route self-attention through here."""
+        state = transformer.forward_state
+        if state.token_parallel is not None:
+            raise ValueError("token parallelism is already applied to this transformer")
+        shares = _SharedInputs()
+        last = len(transformer.blocks) - 1
+        for index, block in enumerate(transformer.blocks):
+            hook = _TokenShareHook(self, state, shares, first=index == 0, last=index == last)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _TOKEN_SHARE_HOOK)
+        registry = HookRegistry.check_if_exists_or_initialize(transformer)
+        registry.invalidate_child_registries_cache()
+        state.token_parallel = self
+        try:
+            yield
+        finally:
+            state.token_parallel = None
+            registry.remove_hook(_TOKEN_SHARE_HOOK, recurse=True)
+            registry.invalidate_child_registries_cache()
+
+
+@dataclass
+class _SharedInputs:
+    """This process's shares of the per-token inputs every block takes alike (RoPE tables,
+    per-frame modulation), made once per forward by block 0."""
+
+    temb: torch.Tensor | None = None
+    rotary: tuple | None = None
+
+
+class _TokenShareHook(ModelHook):
+    """On one transformer block: block 0 splits the hidden states, every block takes this
+    process's shares of the RoPE tables and of per-token modulation, the last gathers the tokens
+    again, so the layers around the blocks see the whole forward."""
+
+    def __init__(self, parallel: TokenParallel, state, shares: _SharedInputs, first: bool, last: bool):
+        super().__init__()
+        self.parallel, self.state, self.shares, self.first, self.last = parallel, state, shares, first, last
+
+    def pre_forward(self, module, hidden_states, encoder_hidden_states, temb, rotary_emb):
+        frames = self.state.num_frames
+        if self.first:
+            hidden_states = self.parallel.take(hidden_states, frames)
+            # [rows, 6, D] is one modulation per row; [rows, S, 6, D] one per token
+            self.shares.temb = self.parallel.take(temb, frames) if temb.ndim == 4 else temb
+            self.shares.rotary = tuple(self.parallel.take(table, frames) for table in rotary_emb)
+        return (hidden_states, encoder_hidden_states, self.shares.temb, self.shares.rotary), {}
+
+    def post_forward(self, module, output):
+        if not self.last:
+            return output
+        self.shares.temb = self.shares.rotary = None
+        return self.parallel.gather(output, self.state.num_frames)
+
+
+def _refuse_mask(mask) -> None:
+    if mask is not None:
+        raise ValueError("token parallelism runs forwards whose rows see the same context (one item at a time)")
+
+
+def _attention_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                  enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+    """The forward op of diffusers' templated attention ([B, S, H, D] in and out), with the
+    log-sum-exp [B, S, H] of every query's scores when asked (what Ring attention merges by)."""
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    if not return_lse:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale).transpose(1, 2)
+    scores = (q.float() @ k.float().transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    out = (scores - lse).exp() @ v.float()
+    return out.to(query.dtype).transpose(1, 2), lse.squeeze(-1).transpose(1, 2)
+
+
+def _exchanged_attention(with_cache, frame_order, ctx, query, key, value, attn_mask=None, *args, **kwargs):
+    """Ulysses' forward op: K/V of every token of the forward (this process's heads) as they
+    arrive from the all-to-all, put back in frame order, staged in the cache and joined by the
+    cached context before attending."""
+    _refuse_mask(attn_mask)
+    key, value, mask = with_cache(key.index_select(1, frame_order), value.index_select(1, frame_order))
+    _refuse_mask(mask)
+    return _attention_op(ctx, query, key, value, None, *args, **kwargs)

@@ -1,0 +1,260 @@
+"""The pool's ``tokens`` placement (sequence parallelism) against the local serial run as the oracle.
+
+Two workers of a gloo pool run Ulysses attention (the tiny model's 4 heads divide by 2), three
+torchrun ranks Ring attention (they do not divide by 3); each with every frame's tokens shared
+evenly and unevenly (64×64 pixels make 64 tokens per frame, 56×56 make 49, 48×64 make 48), under
+global attention and under a local window with a sink frame, with and without BWCache.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade.backend import LocalExecutor
+from cascade.backend.pool import DistributedExecutor
+from cascade.caching import BWCacheConfig
+from cascade.model.context_parallel import frame_shares
+from cascade.model.presets import PresetLoader, load_model
+from cascade.pipeline import BlockCausalPipeline
+from cascade.plan import PlanBackend, bound
+from cascade.schedule import make_schedule
+from cascade.service import GenerateRequest
+from process_checks import alive
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = 2
+BLOCKS, STEPS, BWCACHE_STEPS, SEED = 3, 2, 8, 3
+PROMPT = "a red ball"
+LOADER = PresetLoader("random-tiny")
+PIXELS = {"64 tokens": (64, 64), "49 tokens": (56, 56), "48 tokens": (48, 64)}  # per frame, patch 8×8
+# a window of 4 frames and 1 sink frame: with 3-frame blocks it cuts earlier blocks part-way
+ATTENTION = {"global": (None, 0), "window 4 + 1 sink": (4, 1)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("random-tiny")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1) as executor:
+        yield executor
+
+
+def variant(model, pixels: str, attention: str):
+    """The same weights on a video of other frame sizes and attention (the job carries both to the workers)."""
+    height, width = PIXELS[pixels]
+    window, sinks = ATTENTION[attention]
+    return dataclasses.replace(model, layout=dataclasses.replace(model.layout, height=height, width=width),
+                               local_window=window, sink_frames=sinks)
+
+
+def generate(model, schedule, executor, bwcache=None):
+    return BlockCausalPipeline(model)(PROMPT, schedule, executor, seed=SEED, bwcache=bwcache)
+
+
+def local(model, schedule, bwcache=None):
+    return generate(model, schedule, LocalExecutor(threads=1), bwcache)
+
+
+def separating_threshold(model, schedule) -> float:
+    """A BWCache threshold amid the local run's indicator values: some steps reuse, some compute,
+    so the decisions depend on the indicator's value."""
+    values = sorted(e[2] for e in local(model, schedule, BWCacheConfig(schedule.num_steps, threshold=0.0))
+                    .bwcache["indicator"])
+    return (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+
+
+def assert_same_run(out, oracle, schedule, workers):
+    assert (out.latents - oracle.latents).abs().max().item() <= 1e-4
+    assert out.model_calls == schedule.num_items and out.workers == workers
+    items = sorted((i.block, str(i.step)) for tick in schedule.ticks for i in tick)
+    for worker in range(workers):  # every worker ran every item
+        assert sorted((e.block, str(e.step)) for e in out.timeline if e.worker == worker) == items
+
+
+def assert_same_bwcache(run, oracle):
+    assert 0 < oracle["reused"] < oracle["forwards"]
+    for key in ("forwards", "computed", "reused", "block_computations_skipped"):
+        assert run[key] == oracle[key], key
+    assert [e[:2] for e in run["indicator"]] == [e[:2] for e in oracle["indicator"]]
+    assert np.allclose([e[2] for e in run["indicator"]], [e[2] for e in oracle["indicator"]], atol=1e-4)
+
+
+def test_frame_shares_are_tensor_splits():
+    for tokens, ranks in ((64, 2), (49, 2), (64, 3), (48, 3), (5, 5)):
+        shares = frame_shares(tokens, ranks)
+        assert shares == [len(part) for part in torch.arange(tokens).tensor_split(ranks)]
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
+@pytest.mark.parametrize("pixels", ["64 tokens", "49 tokens"])
+def test_tokens_give_the_local_serial_latents(model, pool, pixels, attention):
+    video = variant(model, pixels, attention)
+    schedule = make_schedule(BLOCKS, STEPS)
+    out = generate(video, schedule, pool.placed("tokens"))
+    assert_same_run(out, local(video, schedule), schedule, WORKERS)
+    assert out.communication == []  # nothing moves between ticks
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
+@pytest.mark.parametrize("pixels", ["64 tokens", "49 tokens"])
+def test_bwcache_on_tokens_decides_as_the_local_run(model, pool, pixels, attention):
+    """The indicator is the gathered features' (each worker sums its share, the sums are added), so
+    every worker reuses the same steps as the local run, at a threshold amid its values."""
+    video = variant(model, pixels, attention)
+    schedule = make_schedule(BLOCKS, BWCACHE_STEPS)
+    config = BWCacheConfig(BWCACHE_STEPS, threshold=separating_threshold(video, schedule))
+    oracle = local(video, schedule, config)
+    out = generate(video, schedule, pool.placed("tokens"), config)
+    assert_same_run(out, oracle, schedule, WORKERS)
+    assert_same_bwcache(out.bwcache, oracle.bwcache)
+    assert out.cross_attention_builds == [1]  # one report speaks for every worker (they agreed)
+
+
+def test_tokens_run_a_cascade_schedule_as_the_local_executor_does(model, pool):
+    schedule = make_schedule(BLOCKS + 1, STEPS, window=2, stride=1, recache=True)
+    out = generate(model, schedule, pool.placed("tokens"))
+    assert_same_run(out, local(model, schedule), schedule, WORKERS)
+
+
+def test_blocks_and_tokens_take_turns_on_one_pool(model, pool):
+    pids = pool.worker_pids
+    schedule = make_schedule(BLOCKS, STEPS)
+    oracle = local(model, schedule).latents
+    for executor in (pool, pool.placed("tokens"), pool.placed("blocks"), pool.placed("tokens")):
+        assert (generate(model, schedule, executor).latents - oracle).abs().max().item() <= 1e-4
+    assert pool.worker_pids == pids
+    assert pool.placed("blocks") is pool and pool.placed("tokens").placement == "tokens"
+    with pytest.raises(ValueError, match="placement must be one of blocks, tokens"):
+        pool.placed("rows")
+
+
+def test_killed_worker_fails_a_tokens_run_and_the_pool_restarts(model, pool):
+    schedule = make_schedule(BLOCKS, STEPS)
+    old_pids, killed = pool.worker_pids, []
+
+    def kill_worker_1(fraction, message):
+        if not killed:
+            os.kill(old_pids[1], signal.SIGKILL)
+            killed.append(old_pids[1])
+
+    with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+, cpu\) died: killed by signal SIGKILL") as failure:
+        BlockCausalPipeline(model)(PROMPT, schedule, pool.placed("tokens"), seed=SEED, progress=kill_worker_1)
+    assert str(failure.value).splitlines()[0].count("died") == 1
+    assert not any(alive(pid) for pid in old_pids)
+    again = generate(model, schedule, pool.placed("tokens"))
+    assert set(pool.worker_pids).isdisjoint(old_pids)
+    assert (again.latents - local(model, schedule).latents).abs().max().item() <= 1e-4
+
+
+def test_a_tokens_request_needs_a_pool():
+    with pytest.raises(ValueError, match="placement tokens .* distributed executor"):
+        GenerateRequest(prompt="a red ball", placement="tokens").validate()
+    with pytest.raises(ValueError, match="placement must be one of blocks, tokens"):
+        GenerateRequest(prompt="a red ball", executor="distributed", placement="rows").validate()
+    GenerateRequest(prompt="a red ball", executor="distributed", placement="tokens").validate()
+
+
+def test_the_tokens_bound_is_the_workers_share_of_each_forward():
+    serial = make_schedule(BLOCKS, STEPS)
+    assert bound(serial, serial, PlanBackend("distributed", 3, placement="tokens")) == 3
+    assert bound(serial, serial, PlanBackend("distributed", 3)) == 1  # blocks: a serial schedule gains nothing
+
+
+RANKS = """
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from cascade.backend.rank import RankExecutor
+from cascade.caching import BWCacheConfig
+from cascade.model.presets import load_model
+from cascade.pipeline import BlockCausalPipeline, DenoiseJob
+from cascade.schedule import make_schedule
+
+dist.init_process_group("gloo")
+out, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
+base = load_model("random-tiny")
+executor = RankExecutor("cpu", placement="tokens")
+for name, case in cases.items():
+    layout = dataclasses.replace(base.layout, height=case["height"], width=case["width"])
+    model = dataclasses.replace(base, layout=layout, local_window=case["window"], sink_frames=case["sinks"])
+    bwcache = BWCacheConfig(case["steps"], threshold=case["threshold"]) if case["threshold"] is not None else None
+    result = BlockCausalPipeline(model)(%(prompt)r, make_schedule(%(blocks)d, case["steps"]), executor,
+                                        seed=%(seed)d, bwcache=bwcache)
+    job = DenoiseJob(transformer=model.transformer, text=model.encode_text(["x"])[0], sampler=model.sampler,
+                     layout=layout, num_blocks=%(blocks)d, seed=0)
+    shape = list(job.new_cache("cpu", tokens=job.token_parallel("cpu")).k.shape)
+    shapes = [None] * dist.get_world_size()
+    dist.all_gather_object(shapes, shape)
+    if dist.get_rank() == 0:
+        np.save(out / f"{name}.npy", result.latents.numpy())
+        (out / f"{name}.json").write_text(json.dumps({"bwcache": result.bwcache, "cache_shapes": shapes,
+                                                      "workers": result.workers}))
+dist.barrier()  # no rank tears its groups down while another still writes
+dist.destroy_process_group()
+"""
+
+
+def torchrun_tokens(ranks: int, cases: dict, folder: Path) -> dict:
+    script = folder / "ranks.py"
+    script.write_text(RANKS % dict(prompt=PROMPT, blocks=BLOCKS, seed=SEED))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               str(script), str(folder), json.dumps(cases)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {name: (torch.from_numpy(np.load(folder / f"{name}.npy")), json.loads((folder / f"{name}.json").read_text()))
+            for name in cases}
+
+
+def test_three_ranks_run_ring_attention_and_give_the_local_serial_latents(model, tmp_path):
+    """Ring attention on 3 torchrun ranks: every frame's tokens unevenly (64) and evenly (48)
+    shared, global and local attention, with BWCache; each rank keeps the K/V of its own tokens."""
+    cases, oracles = {}, {}
+    for pixels in ("64 tokens", "48 tokens"):
+        for attention in ATTENTION:
+            for cached in (False, True):
+                video = variant(model, pixels, attention)
+                steps = BWCACHE_STEPS if cached else STEPS
+                schedule = make_schedule(BLOCKS, steps)
+                config = BWCacheConfig(steps, threshold=separating_threshold(video, schedule)) if cached else None
+                name = f"{pixels}, {attention}{', bwcache' if cached else ''}".replace(" ", "_").replace(",", "")
+                height, width = PIXELS[pixels]
+                window, sinks = ATTENTION[attention]
+                cases[name] = dict(height=height, width=width, window=window, sinks=sinks, steps=steps,
+                                   threshold=config.threshold if cached else None)
+                oracles[name] = local(video, schedule, config)
+    results = torchrun_tokens(3, cases, tmp_path)
+    for name, (latents, stats) in results.items():
+        oracle = oracles[name]
+        assert (latents - oracle.latents).abs().max().item() <= 1e-4, name
+        if cases[name]["threshold"] is not None:
+            assert_same_bwcache(stats["bwcache"], oracle.bwcache)
+        tokens = cases[name]["height"] // 8 * cases[name]["width"] // 8
+        frames = BLOCKS * 3
+        # Ring: every head, a third of every frame's tokens
+        assert stats["cache_shapes"] == [[6, 1, frames * share, 4, 48] for share in frame_shares(tokens, 3)], name
+
+
+def test_two_ranks_keep_half_the_heads_of_the_kv_cache(model, tmp_path):
+    """Ulysses: after the all-to-all each rank holds every token for half the heads, and caches those."""
+    case = dict(height=56, width=56, window=None, sinks=0, steps=STEPS, threshold=None)
+    ((latents, stats),) = torchrun_tokens(2, {"ulysses": case}, tmp_path).values()
+    video = variant(model, "49 tokens", "global")
+    assert (latents - local(video, make_schedule(BLOCKS, STEPS)).latents).abs().max().item() <= 1e-4
+    assert stats["cache_shapes"] == [[6, 1, BLOCKS * 3 * 49, 2, 48]] * 2
