@@ -36,6 +36,7 @@ QUEUE_SIZE = 16
 # box (the two compete for the cores).
 WARM_UP = "before"
 PLANNED_SETTINGS = slice(5, 9)  # window, stride, variant, recache among Offer.request's settings after the prompt
+SEQUENCE_TITLE = "Sequence parallel (the serial schedule, each forward's tokens split over the pool's workers)"
 
 HEADER = """
 # Serial block-causal video diffusion vs Block Cascading
@@ -76,7 +77,7 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
     "Queue is full". Every comparison waits for the backend's warm-up."""
     import gradio as gr
 
-    from cascade.service import MAX_PROMPT_CHARS, RUN_LABELS
+    from cascade.service import COMPARE_RUNS, DEFAULT_RUNS, MAX_PROMPT_CHARS, RUN_LABELS
     from cascade.ui.errors import user_error
     from cascade.ui.replay import race_replay
     from cascade.ui.updates import OUTPUTS, page_updates
@@ -100,14 +101,16 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
         shown = {"note": gr.HTML(elem_id="note"),
                  "speedup": gr.Markdown("Press **Compare** to run both pipelines.", elem_id="speedup")}
         with gr.Row(equal_height=False):
-            for name, label in RUN_LABELS.items():
-                with gr.Column():
+            for name, label in {**RUN_LABELS, "sequence": SEQUENCE_TITLE}.items():
+                # the third column shows only when a comparison made the sequence run
+                with gr.Column(visible=name in RUN_LABELS, elem_id=f"{name}-column") as column:
                     gr.Markdown(f"### {label}")
                     shown[f"{name}_video"] = gr.Video(label=label, elem_id=f"{name}-video", autoplay=True, loop=True,
                                                       interactive=False, height=300)
                     shown[f"{name}_live"] = gr.Image(label="Blocks as they finished", elem_id=f"{name}-live",
                                                      format="png", interactive=False, height=96, buttons=[])
                     shown[f"{name}_stats"] = gr.Markdown(elem_id=f"{name}-stats")
+                shown[f"{name}_column"] = column
         shown["quality"] = gr.Markdown(elem_id="quality")
         shown["timeline"] = gr.Plot(label="Timeline: who ran what, when (each bar a forward, labelled with its step; "
                                           "R = recache, S = re-encoding for a new prompt; dashed: prompt switches)",
@@ -122,12 +125,14 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
 
         def run_page(prompt_text, schedule_text, planned, *values, progress=gr.Progress()):
             """The page's comparison: previews as blocks finish, then every figure. ``planned``: the
-            service plans window, stride, variant and recache for the chosen backend and steps."""
+            service plans window, stride, variant and recache for the chosen backend and steps; the
+            last value: whether to add the sequence run."""
             try:
-                values = list(values)
+                *values, sequence = values
                 if planned is True:
                     values[PLANNED_SETTINGS] = [None] * len(values[PLANNED_SETTINGS])
-                request = offer.request(prompt_text, *values, prompt_schedule=schedule_text)
+                request = offer.request(prompt_text, *values, prompt_schedule=schedule_text,
+                                        runs=",".join(COMPARE_RUNS if sequence is True else DEFAULT_RUNS))
                 progress(0, desc="Waiting for the backend to warm up")
                 backend.wait_until_ready()
                 yield from page_updates(backend, request, progress)
@@ -144,7 +149,7 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
 
 def settings_panel(device: str, offer) -> list:
     """The plan checkbox, then the settings in the order ``Offer.request`` takes them after the
-    prompt, for an ``Offer`` on ``device``."""
+    prompt, for an ``Offer`` on ``device``, then the sequence run's checkbox."""
     import gradio as gr
 
     from cascade.service import FORM_SEED_MAX, THRESHOLD_MAX, VARIANTS
@@ -186,8 +191,12 @@ def settings_panel(device: str, offer) -> list:
             randomize = gr.Button("Randomize seed", size="sm", elem_id="randomize")
         # client-side: a new seed needs no server round trip and never waits in the queue
         randomize.click(None, outputs=seed, js=f"() => Math.floor(Math.random() * {FORM_SEED_MAX})")
+        sequence = gr.Checkbox(value=False, elem_id="sequence",
+                               label="Add a third run: sequence parallelism on the same pool (the serial schedule, "
+                                     "each forward's tokens split over the workers; worker pool only)")
         gr.Markdown(presets_note(offer))
-    return [planned, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache, threshold, seed]
+    return [planned, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache, threshold, seed,
+            sequence]
 
 
 def api_function(shared):
@@ -205,15 +214,18 @@ def api_function(shared):
                 backend: str = "pool" if d.executor == "distributed" else "batched", workers: int = d.workers,
                 window: int | None = None, stride: int | None = None, variant: str | None = None,
                 recache: bool | None = None, bwcache: bool = d.bwcache, bwcache_threshold: float = d.bwcache_threshold,
-                seed: int = d.seed, prompt_schedule: str = "") -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
+                seed: int = d.seed, prompt_schedule: str = "",
+                runs: str = "serial,cascade") -> tuple[gr.FileData, gr.FileData, gr.FileData, dict]:
         """Run the prompt (or the prompt schedule, one ``block: prompt`` per line, which replaces
         it) serially and with Block Cascading on the shared backend (window, stride, variant and
         recache left unset are planned for the backend and steps); returns serial.mp4,
-        cascade.mp4, side_by_side.mp4 and the stats (speedup, ideal speedup, quality, both runs'
-        figures, timelines and prompt switches)."""
+        cascade.mp4, side_by_side.mp4 and the stats (speedup, ideal speedup, quality, every run's
+        figures, timelines and prompt switches). ``runs="serial,cascade,sequence"`` (a pool only)
+        adds the sequence-parallel run: its figures in the stats (``sequence``,
+        ``sequence_speedup``, ``sequence_plan``), its column in side_by_side.mp4."""
         try:
             request = offer.request(prompt, preset, blocks, steps, backend, workers, window, stride, variant,
-                                    recache, bwcache, bwcache_threshold, seed, prompt_schedule)
+                                    recache, bwcache, bwcache_threshold, seed, prompt_schedule, runs)
             shared.wait_until_ready()
             result = shared.service.compare(request)
         except Exception as error:  # noqa: BLE001 - every failure reaches the visitor as one line

@@ -310,13 +310,16 @@ class Offer:
                          f"unknown preset {reprlib.repr(preset)}; choose one of {', '.join(self.runnable)}")
 
     def request(self, prompt, preset, blocks, steps, backend, workers, window, stride, variant, recache, bwcache,
-                threshold, seed, prompt_schedule="") -> GenerateRequest:
+                threshold, seed, prompt_schedule="", runs=",".join(DEFAULT_RUNS)) -> GenerateRequest:
         """The comparison a form's (or an API call's) settings describe; ValueError, one line, for
         anything a run could not take. A ``prompt_schedule`` (its text form, one ``block: prompt``
         per line) replaces the prompt. ``window``, ``stride``, ``variant`` and ``recache`` left
-        None are planned by the service for the request's own steps and backend."""
+        None are planned by the service for the request's own steps and backend. ``runs``: the
+        runs made, comma-separated ("serial,cascade", or "serial,cascade,sequence" on a pool)."""
         if not isinstance(prompt_schedule, str):
             raise ValueError(f"the prompt schedule must be text, got {reprlib.repr(prompt_schedule)}")
+        if not isinstance(runs, str):
+            raise ValueError(f"runs must be text such as {','.join(COMPARE_RUNS)!r}, got {reprlib.repr(runs)}")
         schedule = parse_prompt_schedule(prompt_schedule) if prompt_schedule.strip() else None
         if schedule is not None:
             prompt = ""
@@ -340,7 +343,8 @@ class Offer:
             # a pool's workers keep the default's threads each (one core each on a CPU box); one device
             # batched uses all of it, as the service's own one-device default does
             threads=self.defaults.threads if backend == "pool" else None,
-            bwcache=bwcache, bwcache_threshold=float(threshold), kv_exchange=self.defaults.kv_exchange)
+            bwcache=bwcache, bwcache_threshold=float(threshold), kv_exchange=self.defaults.kv_exchange,
+            runs=tuple(run.strip() for run in runs.split(",")))
         request.validate()
         return request
 
@@ -948,9 +952,9 @@ def leaves_a_core_free(executor, device: str) -> bool:
     return getattr(executor, "workers", 1) * (executor.threads or cores) < cores
 
 
-def run_label(name: str, run: GenerateResult) -> str:
-    """What a run is called on the page and in the side-by-side video."""
-    return RUN_LABELS.get(name) or SEQUENCE_LABEL.format(workers=run.stats["workers"])
+def run_label(name: str, stats: dict) -> str:
+    """What a run is called on the page and in the side-by-side video, from its ``stats``."""
+    return RUN_LABELS.get(name) or SEQUENCE_LABEL.format(workers=stats["workers"])
 
 
 def write_side_by_side_file(folder: Path, result: CompareResult, fps: float) -> Path:
@@ -958,7 +962,7 @@ def write_side_by_side_file(folder: Path, result: CompareResult, fps: float) -> 
     from .video import write_side_by_side
 
     runs = result.runs
-    labels = tuple(f"{run_label(name, run)} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
+    labels = tuple(f"{run_label(name, run.stats)} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
     return write_side_by_side([run.frames for run in runs.values()], labels, folder / "side_by_side.mp4", fps=fps,
                               scale=view_scale(result.serial.frames.shape[1]))
 

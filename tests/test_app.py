@@ -176,7 +176,7 @@ def test_the_page_refuses_beyond_the_bounds_with_one_line(served, changes, messa
     """The page's own handler (Compare and Enter), as the browser calls it, with the plan box ticked."""
     run_page = next(fn.fn for fn in served[0].fns.values() if fn.name == "run_page")
     with pytest.raises(gr.Error) as raised:
-        next(run_page("a red circle", "", True, *page_values(**changes)))
+        next(run_page("a red circle", "", True, *page_values(**changes), False))
     assert raised.value.message == message
 
 
@@ -269,6 +269,41 @@ def test_compare_api_returns_two_playable_videos_and_honest_stats(served, client
     assert stats["serial"]["blocks"] == 3 and stats["serial"]["seed"] == 3
     assert set(stats["cascade"]["unknown_words"]) == {"shiny", "rolling"}
     assert set(stats["quality"]["analyzer"]["serial"]) >= {"colour", "shape", "motion"}
+
+
+def test_the_api_adds_the_sequence_run_on_the_pool_and_refuses_other_runs(served, client):
+    """``runs="serial,cascade,sequence"``: the third run's figures in the stats and its column in
+    the side-by-side video (three 64-px videos, each shown 4x)."""
+    if CORES < 2:
+        pytest.skip("the sequence run needs the page's default pool")
+    serial, _, side_by_side, stats = client.predict("a red circle moving right", api_name="/compare",
+                                                    runs="serial,cascade,sequence", blocks=2)
+    sequence = stats["sequence"]
+    assert (sequence["placement"], sequence["workers"], sequence["mode"]) == ("tokens", CORES, "serial")
+    assert stats["sequence_speedup"] == stats["serial"]["latency_s"] / sequence["latency_s"]
+    assert stats["sequence_plan"]["bound"] == CORES  # the serial schedule's forwards shared by the workers
+    assert next(imageio_ffmpeg.read_frames(side_by_side))["size"][0] >= 3 * next(imageio_ffmpeg.read_frames(serial))["size"][0]
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="runs must be serial,cascade or serial,cascade,sequence"):
+        client.predict("a red circle", api_name="/compare", runs="serial", blocks=2)
+
+
+def test_the_pages_sequence_box_shows_a_third_column_with_its_video_and_figures(served):
+    """The page's own handler with the sequence box ticked: the third column shows from the first
+    update, and the last one fills its video, preview strip and figures, and the speedup line."""
+    if CORES < 2:
+        pytest.skip("the sequence run needs the page's default pool")
+    from cascade.ui.updates import OUTPUTS
+
+    run_page = next(fn.fn for fn in served[0].fns.values() if fn.name == "run_page")
+    updates = [dict(zip(OUTPUTS, update)) for update in run_page("a red circle", "", True, *page_values(blocks=2), True)]
+    assert updates[0]["sequence_column"].visible is True
+    last = updates[-1]
+    assert last["sequence_video"].endswith("sequence.mp4") and "latency" in last["sequence_stats"]
+    assert "Sequence parallel:" in last["speedup"] and last["sequence_live"] is not None
+    plain = [dict(zip(OUTPUTS, update)) for update in run_page("a red circle", "", True, *page_values(blocks=2), False)]
+    assert plain[0]["sequence_column"].visible is False and "Sequence parallel" not in plain[-1]["speedup"]
 
 
 def test_readme_api_example_prints_the_comparisons_figures(served, capsys):
@@ -390,7 +425,7 @@ def test_browser_compare_shows_videos_figures_timeline_and_replays_the_race(serv
     page.click("#race .race-play")
     page.wait_for_function("() => document.querySelector('#race [data-state]').dataset.state === 'done'",
                            timeout=30_000)
-    colours = page.evaluate("""() => [...document.querySelectorAll('#race canvas')].map(canvas => {
+    colours = page.evaluate("""() => [...document.querySelectorAll('#race figure:not([hidden]) canvas')].map(canvas => {
         const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
         const seen = new Set();
         for (let i = 0; i < pixels.length; i += 4 * 7) seen.add(pixels[i] << 16 | pixels[i + 1] << 8 | pixels[i + 2]);

@@ -1,5 +1,5 @@
 // The race replay (gr.HTML's js_on_load: `element`, `props` and `watch` are Gradio's). The frames
-// travel once as two small sprite images, and requestAnimationFrame reveals each side's blocks at
+// travel once as a small sprite image per run, and requestAnimationFrame reveals each side's blocks at
 // their measured arrival times on one shared, slowed-down clock, with no server work (so replaying
 // never touches the queue or the backend).
 let frame = null;
@@ -36,14 +36,16 @@ function setup() {
   const clock = element.querySelector('.race-clock');
   const canvases = [...element.querySelectorAll('canvas')];
   const captions = [...element.querySelectorAll('figcaption')];
+  const figures = [...element.querySelectorAll('figure')];  // a third for the sequence run, when it ran
   element.dataset.state = data && data.runs ? 'ready' : 'empty';
   if (!data || !data.runs) { button.disabled = true; return; }
   const sprites = data.runs.map(run => Object.assign(new Image(), {src: run.sprite}));
   const end = Math.max(...data.runs.map(run => run.shown_s[run.shown_s.length - 1]));
   const show = (t, tau) => data.runs.forEach((run, i) => paint(canvases[i], sprites[i], run, t, tau, data.fps));
+  figures.forEach((figure, i) => { figure.hidden = i >= data.runs.length; });
   data.runs.forEach((run, i) => { captions[i].textContent = run.label; });
   sprites.forEach(sprite => sprite.addEventListener('load', () => show(0, 0)));
-  clock.textContent = 'Both runs on one clock, ' + data.slow.toFixed(1) + '\u00d7 slower than they ran.';
+  clock.textContent = (data.runs.length > 2 ? 'All three' : 'Both') + ' runs on one clock, ' + data.slow.toFixed(1) + '\u00d7 slower than they ran.';
   button.disabled = false;
   button.onclick = () => {
     cancelAnimationFrame(frame);

@@ -43,7 +43,17 @@ def speedup_markdown(stats: dict) -> str:
             f"Measured: serial {serial['latency_s']:.2f} s ÷ cascade {cascade['latency_s']:.2f} s. "
             f"{plan['assumes'][0].upper()}{plan['assumes'][1:]}; the tick ratio, {serial['ticks']} ÷ {cascade['ticks']} "
             f"ticks = {stats['tick_ratio']:.2f}×, is what one worker per block in flight would reach. "
-            f"Counted as {stats['counted_as']}.")
+            f"Counted as {stats['counted_as']}." + sequence_line(stats))
+
+
+def sequence_line(stats: dict) -> str:
+    """The third run's speedup beside its own bound, when the comparison made it."""
+    if "sequence" not in stats:
+        return ""
+    plan, sequence = stats["sequence_plan"], stats["sequence"]
+    return (f"\n\n**Sequence parallel: {stats['sequence_speedup']:.2f}× faster than serial** (at most "
+            f"{plan['bound']:.2f}×: {plan['summary']}); {sequence['latency_s']:.2f} s. {plan['assumes'][0].upper()}"
+            f"{plan['assumes'][1:]}.")
 
 
 ANALYZER_ROWS = (("colour", "colour"), ("shape", "shape"), ("motion", "motion"), ("background", "background"),

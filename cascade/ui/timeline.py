@@ -1,9 +1,9 @@
-"""The timeline: both runs' forwards on one plotly figure, a row per worker, a bar per work item."""
+"""The timeline: every run's forwards on one plotly figure, a row per worker, a bar per work item."""
 
 import plotly.colors
 import plotly.graph_objects as go
 
-from ..service import RUN_LABELS
+from ..service import COMPARE_RUNS, run_label
 
 
 def lanes(entries: list[dict]) -> list[int]:
@@ -27,15 +27,16 @@ def step_label(step) -> str:
 
 
 def timeline_figure(stats: dict) -> go.Figure:
-    """Both runs' forwards: a row per worker, a bar per work item from start to end, coloured by
+    """Every run's forwards (serial, cascade and the sequence run where it ran): a row per worker, a bar per work item from start to end, coloured by
     block and labelled with its step (``step_label``); hovering names it. A dashed line marks
     each prompt switch's moment in each run (its first forward under the new prompt)."""
     palette = plotly.colors.qualitative.Plotly
     rows, bars = [], {}
-    for name in RUN_LABELS:
+    labels = {name: run_label(name, stats[name]) for name in COMPARE_RUNS if name in stats}
+    for name in labels:
         entries = stats[name]["timeline"]
         for entry, lane in zip(entries, lanes(entries)):
-            row = f"{RUN_LABELS[name]} · worker {entry['worker']}" + (f" ({lane + 1})" if lane else "")
+            row = f"{labels[name]} · worker {entry['worker']}" + (f" ({lane + 1})" if lane else "")
             if row not in rows:
                 rows.append(row)
             bars.setdefault(entry["block"], []).append((row, entry, name))
@@ -47,7 +48,7 @@ def timeline_figure(stats: dict) -> go.Figure:
             x=[e["end"] - e["start"] for _, e, _ in items], base=[e["start"] for _, e, _ in items],
             text=[step_label(e["step"]) for _, e, _ in items], textposition="inside", insidetextanchor="middle",
             marker_color=palette[block % len(palette)],
-            customdata=[[RUN_LABELS[run], block, e["step"], e["worker"], e["start"], e["end"]] for _, e, run in items],
+            customdata=[[labels[run], block, e["step"], e["worker"], e["start"], e["end"]] for _, e, run in items],
             hovertemplate="%{customdata[0]}<br>block %{customdata[1]}, step %{customdata[2]}<br>"
                           "worker %{customdata[3]}<br>%{customdata[4]:.3f} s → %{customdata[5]:.3f} s<extra></extra>")
     figure.update_layout(
@@ -57,12 +58,12 @@ def timeline_figure(stats: dict) -> go.Figure:
         uniformtext=dict(minsize=8, mode="hide"))
     figure.update_yaxes(categoryorder="array", categoryarray=rows, autorange="reversed")
     # each run's labels on a line of their own above the plot, so two close switches stay readable
-    for level, name in enumerate(RUN_LABELS):
+    for level, name in enumerate(labels):
         for switch in stats[name]["switches"]:
             figure.add_vline(x=switch["at_s"], line_dash="dash", line_color="#b8860b")
             figure.add_annotation(x=switch["at_s"], y=1, yref="paper", yanchor="bottom", xanchor="left",
                                   yshift=2 + 16 * level, showarrow=False, font_size=11,
-                                  text=f"{RUN_LABELS[name]}: prompt of block {switch['block']}")
+                                  text=f"{labels[name]}: prompt of block {switch['block']}")
     if figure.layout.shapes:
         figure.update_layout(margin_t=64)
     return figure

@@ -1,11 +1,13 @@
-"""A comparison as the page shows it: a cleared page, a preview strip per side as each block's
-frames are final, then the videos, figures, timeline, replay and downloads."""
+"""A comparison as the page shows it: a cleared page (the sequence run's column shown only when
+it runs), a preview strip per run as each block's frames are final, then the videos, figures,
+timeline, replay and downloads."""
 
 import html
+import math
 
 import gradio as gr
 
-from ..service import RUN_LABELS, GenerateRequest
+from ..service import COMPARE_RUNS, RUN_LABELS, GenerateRequest
 from .previews import block_strip, thumbnail
 from .replay import replay_data
 from .tables import quality_markdown, run_table, speedup_markdown, unknown_note
@@ -13,9 +15,10 @@ from .timeline import timeline_figure
 from .warm_up import Backend
 
 # the page's outputs, in the order every update lists them (app.py builds a component per name)
-OUTPUTS = ("note", "speedup", "serial_video", "cascade_video", "serial_live", "cascade_live", "serial_stats",
-           "cascade_stats", "quality", "timeline", "race", "downloads", "figures")
-CLEARED = dict(note="", speedup="Running…", serial_stats="", cascade_stats="", quality="")
+OUTPUTS = ("note", "speedup", *(f"{run}_{part}" for part in ("video", "live", "stats") for run in COMPARE_RUNS),
+           "sequence_column", "quality", "timeline", "race", "downloads", "figures")
+RUN_NAMES = {**RUN_LABELS, "sequence": "Sequence parallel"}  # on the progress line
+CLEARED = dict(note="", speedup="Running…", quality="", **{f"{run}_stats": "" for run in COMPARE_RUNS})
 
 
 def update(**values) -> tuple:
@@ -27,11 +30,12 @@ def update(**values) -> tuple:
 
 def page_updates(backend: Backend, request: GenerateRequest, progress):
     """The page's updates for one comparison (``OUTPUTS``), with the progress bar's steps."""
-    num_blocks = request.blocks
-    tiles = {name: {} for name in RUN_LABELS}
-    counts = {name: [] for name in RUN_LABELS}
+    num_blocks, runs = request.blocks, request.runs
+    tiles = {name: {} for name in runs}
+    counts = {name: [] for name in runs}
     shape = None
-    yield tuple(CLEARED.get(name) for name in OUTPUTS)
+    cleared = {**CLEARED, "sequence_column": gr.Column(visible="sequence" in runs)}  # shown when it runs
+    yield tuple(cleared.get(name) for name in OUTPUTS)
     for batch in backend.compare_events(request):
         for event in batch:
             if event[0] == "block":
@@ -42,22 +46,23 @@ def page_updates(backend: Backend, request: GenerateRequest, progress):
         progresses = [event for event in batch if event[0] == "progress"]
         if progresses:
             _, fraction, message = progresses[-1]
-            # the service runs serial first (its first half of the progress), then the cascade
-            progress(fraction, desc=f"{RUN_LABELS['serial' if fraction <= 0.5 else 'cascade']}: {message}")
+            # the service makes the runs in turn, each an equal share of the progress
+            running = runs[max(0, math.ceil(fraction * len(runs)) - 1)]
+            progress(fraction, desc=f"{RUN_NAMES[running]}: {message}")
         if batch[-1][0] == "done":
             result = batch[-1][1]
             break
         if any(event[0] == "block" for event in batch):
             yield update(**{f"{name}_live": block_strip(tiles[name], num_blocks, shape)
-                            for name in RUN_LABELS if tiles[name]})
+                            for name in runs if tiles[name]})
     stats = result.stats
     words = result.serial.unknown_words
     if words:
         # toasts render (sanitized) HTML: escaped, a word reads as typed
         gr.Warning("The model does not know: " + ", ".join(html.escape(w) for w in dict.fromkeys(words)))
     yield update(note=unknown_note(words), speedup=speedup_markdown(stats),
-                 **{f"{name}_video": str(result.files[f"{name}.mp4"]) for name in RUN_LABELS},
-                 **{f"{name}_live": block_strip(tiles[name], num_blocks, shape) for name in RUN_LABELS},
-                 **{f"{name}_stats": run_table(stats[name]) for name in RUN_LABELS},
+                 **{f"{name}_video": str(result.files[f"{name}.mp4"]) for name in runs},
+                 **{f"{name}_live": block_strip(tiles[name], num_blocks, shape) for name in runs},
+                 **{f"{name}_stats": run_table(stats[name]) for name in runs},
                  quality=quality_markdown(stats), timeline=timeline_figure(stats), race=replay_data(result, counts),
                  downloads=[str(result.files["side_by_side.mp4"]), str(result.files["stats.json"])], figures=stats)
