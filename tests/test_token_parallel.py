@@ -19,35 +19,21 @@ import pytest
 import torch
 
 from cascade.backend import LocalExecutor
-from cascade.backend.pool import DistributedExecutor
 from cascade.caching import BWCacheConfig
 from cascade.model.context_parallel import frame_shares
-from cascade.model.presets import PresetLoader, load_model
 from cascade.pipeline import BlockCausalPipeline
 from cascade.plan import PlanBackend, bound
 from cascade.schedule import make_schedule
 from cascade.service import GenerateRequest
 from process_checks import alive
+from test_distributed import WORKERS, model, pool  # noqa: F401 (the random-tiny model and its 2-worker pool)
 
 REPO = Path(__file__).resolve().parent.parent
-WORKERS = 2
 BLOCKS, STEPS, BWCACHE_STEPS, SEED = 3, 2, 8, 3
 PROMPT = "a red ball"
-LOADER = PresetLoader("random-tiny")
 PIXELS = {"64 tokens": (64, 64), "49 tokens": (56, 56), "48 tokens": (48, 64)}  # per frame, patch 8×8
 # a window of 4 frames and 1 sink frame: with 3-frame blocks it cuts earlier blocks part-way
 ATTENTION = {"global": (None, 0), "window 4 + 1 sink": (4, 1)}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("random-tiny")
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with DistributedExecutor(LOADER, workers=WORKERS, threads_per_worker=1) as executor:
-        yield executor
 
 
 def variant(model, pixels: str, attention: str):
