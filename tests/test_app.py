@@ -341,7 +341,7 @@ def test_compare_api_reports_bad_input(client, kwargs, message):
 def test_compare_api_reports_a_nan_threshold(served):
     """JSON clients that send NaN (gradio_client refuses to) get the same clear line."""
     url = served[1].rstrip("/") + "/gradio_api/call/compare"
-    body = '{"data": ["a red circle", "tiny-shapes", 3, 4, "pool", 2, 4, 2, "causal", true, true, NaN, 0, ""]}'
+    body = '{"data": ["a red circle", "tiny-shapes", 3, 4, "pool", 2, 4, 2, "causal", true, true, NaN, 0, "", "serial,cascade"]}'
     event = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30).json()
     with httpx.stream("GET", f"{url}/{event['event_id']}", timeout=60) as reply:
         text = "".join(reply.iter_text())
