@@ -30,7 +30,8 @@ TICK_TIMEOUT_S = 5.0
 QUEUE_SIZE = 8
 # the compare endpoint's parameters after the prompt, in order, with the small demo's defaults
 API_DEFAULTS = dict(preset="tiny-shapes", blocks=2, steps=1, backend="batched", workers=2, window=2, stride=1,
-                    variant="causal", recache=True, bwcache=False, bwcache_threshold=0.15, seed=0, prompt_schedule="")
+                    variant="causal", recache=True, bwcache=False, bwcache_threshold=0.15, seed=0, prompt_schedule="",
+                    runs="serial,cascade")
 SHARED_MEMORY = Path("/dev/shm")
 
 

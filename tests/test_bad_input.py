@@ -177,7 +177,7 @@ def test_anything_sent_to_the_api_gets_one_clear_line_or_a_clean_comparison(smal
     else:
         _, _, _, stats = data
         assert stats["serial"]["prompt"] == stats["cascade"]["prompt"] == values[0]
-        assert stats["cascade"]["seed"] == values[-2] and stats["cascade"]["blocks"] == values[2]
+        assert stats["cascade"]["seed"] == values[-3] and stats["cascade"]["blocks"] == values[2]
         for shown in (speedup_markdown(stats), unknown_note(stats["serial"]["unknown_words"]),
                       run_table(stats["serial"]), run_table(stats["cascade"]), quality_markdown(stats)):
             assert_no_html_of_theirs(shown)
