@@ -952,9 +952,9 @@ def leaves_a_core_free(executor, device: str) -> bool:
     return getattr(executor, "workers", 1) * (executor.threads or cores) < cores
 
 
-def run_label(name: str, stats: dict) -> str:
-    """What a run is called on the page and in the side-by-side video, from its ``stats``."""
-    return RUN_LABELS.get(name) or SEQUENCE_LABEL.format(workers=stats["workers"])
+def run_label(name: str, workers: int | None) -> str:
+    """What a run is called on the page and in the side-by-side video (``workers``: the sequence run's pool)."""
+    return RUN_LABELS.get(name) or SEQUENCE_LABEL.format(workers=workers)
 
 
 def write_side_by_side_file(folder: Path, result: CompareResult, fps: float) -> Path:
@@ -962,7 +962,7 @@ def write_side_by_side_file(folder: Path, result: CompareResult, fps: float) -> 
     from .video import write_side_by_side
 
     runs = result.runs
-    labels = tuple(f"{run_label(name, run.stats)} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
+    labels = tuple(f"{run_label(name, run.stats['workers'])} {run.stats['latency_s']:.2f}s" for name, run in runs.items())
     return write_side_by_side([run.frames for run in runs.values()], labels, folder / "side_by_side.mp4", fps=fps,
                               scale=view_scale(result.serial.frames.shape[1]))
 

@@ -27,7 +27,7 @@ def replay_data(result: CompareResult, counts: dict[str, list[int]]) -> dict:
     runs = []
     for name, run in result.runs.items():
         height, width = thumbnail(run.frames[0]).shape[:2]
-        runs.append({"label": run_label(name, run.stats), "sprite": sprite(run.frames, counts[name]), "width": width,
+        runs.append({"label": run_label(name, run.stats["workers"]), "sprite": sprite(run.frames, counts[name]), "width": width,
                      "height": height, "counts": counts[name], "shown_s": run.stats["blocks_shown_s"],
                      "switches": [switch["block"] for switch in run.stats["switches"]]})
     end = max(run["shown_s"][-1] for run in runs)

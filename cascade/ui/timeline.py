@@ -32,7 +32,7 @@ def timeline_figure(stats: dict) -> go.Figure:
     each prompt switch's moment in each run (its first forward under the new prompt)."""
     palette = plotly.colors.qualitative.Plotly
     rows, bars = [], {}
-    labels = {name: run_label(name, stats[name]) for name in COMPARE_RUNS if name in stats}
+    labels = {name: run_label(name, stats[name].get("workers")) for name in COMPARE_RUNS if name in stats}
     for name in labels:
         entries = stats[name]["timeline"]
         for entry, lane in zip(entries, lanes(entries)):

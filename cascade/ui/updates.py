@@ -7,7 +7,7 @@ import math
 
 import gradio as gr
 
-from ..service import COMPARE_RUNS, RUN_LABELS, GenerateRequest
+from ..service import COMPARE_RUNS, GenerateRequest, run_label
 from .previews import block_strip, thumbnail
 from .replay import replay_data
 from .tables import quality_markdown, run_table, speedup_markdown, unknown_note
@@ -17,7 +17,6 @@ from .warm_up import Backend
 # the page's outputs, in the order every update lists them (app.py builds a component per name)
 OUTPUTS = ("note", "speedup", *(f"{run}_{part}" for part in ("video", "live", "stats") for run in COMPARE_RUNS),
            "sequence_column", "quality", "timeline", "race", "downloads", "figures")
-RUN_NAMES = {**RUN_LABELS, "sequence": "Sequence parallel"}  # on the progress line
 CLEARED = dict(note="", speedup="Running…", quality="", **{f"{run}_stats": "" for run in COMPARE_RUNS})
 
 
@@ -48,7 +47,7 @@ def page_updates(backend: Backend, request: GenerateRequest, progress):
             _, fraction, message = progresses[-1]
             # the service makes the runs in turn, each an equal share of the progress
             running = runs[max(0, math.ceil(fraction * len(runs)) - 1)]
-            progress(fraction, desc=f"{RUN_NAMES[running]}: {message}")
+            progress(fraction, desc=f"{run_label(running, request.workers)}: {message}")
         if batch[-1][0] == "done":
             result = batch[-1][1]
             break
