@@ -115,8 +115,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"speedup {s['speedup']:.2f}x (ideal {s['ideal_speedup']:.2f}x; {s['counted_as']}); cascade vs serial "
           f"PSNR {float(q['psnr_db']):.1f} dB, SSIM {q['ssim']:.3f} -> {args.out}")
     if "sequence" in s:
-        print(f"{_summary(s['sequence'], 'sequence')}; speedup {s['sequence_speedup']:.2f}x (ideal "
-              f"{s['sequence_plan']['bound']:.2f}x); vs serial PSNR {float(q['sequence']['psnr_db']):.1f} dB")
+        plan = s["sequence_plan"]
+        print(f"{_summary(s['sequence'], 'sequence')}; speedup {s['sequence_speedup']:.2f}x (ideal {plan['bound']:.2f}x, "
+              f"{plan['bound_with_communication']:.2f}x with its {plan['communication_s']:.2f} s of communication); "
+              f"vs serial PSNR {float(q['sequence']['psnr_db']):.1f} dB")
     for serial, cascade in zip(s["serial"]["switches"], s["cascade"]["switches"]):
         print(f"switch at block {serial['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "
               f"forwards, cascade {cascade['latency_s']:.2f} s and {cascade['forwards']}")

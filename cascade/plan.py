@@ -17,7 +17,8 @@ The bound of each backend follows from how it runs a schedule:
   (``PlanBackend.forward_seconds``); joint: one forward of ``n`` consecutive blocks, likewise;
 - unbatched on one device: one forward per item, so no cascade is faster than its items;
 - pool, ``tokens`` placement (sequence parallelism): every worker runs every item on its share of
-  the tokens, so an item costs 1/W of a forward if exchanging Q/K/V were free.
+  the tokens, so an item costs 1/W of a forward if exchanging Q/K/V were free; once a run has
+  measured its exchanges, ``bound_with_communication`` counts them too.
 
 The default plan (``choose_plan``) is the fastest on the backend whose measured quality (the
 model folder's table of held-out evaluations) is within ``QUALITY_MARGIN`` of serial at the same
@@ -121,6 +122,26 @@ def _serial_side(backend: PlanBackend) -> PlanBackend:
 def tick_ratio(serial: Schedule, schedule: Schedule) -> float:
     """Critical paths in ticks: what a backend with a worker per block in flight would gain."""
     return serial.num_ticks / schedule.num_ticks
+
+
+def bound_with_communication(serial_latency_s: float, compute_bound: float, communication_s: float) -> float:
+    """The most a run of serial's forwards can gain over serial once the communication it measured
+    is counted (the tokens placement: every forward split over the workers).
+
+    With N forwards, serial's time per forward c = ``serial_latency_s`` / N, the bound with free
+    communication B = ``compute_bound`` (W × BWCache's cut: each forward's compute shared by the
+    W workers, minus what the cache skips) and the measured communication per forward
+    m = ``communication_s`` / N (the seconds the busiest worker spent in collectives, over N)::
+
+        bound = serial_latency_s / (N × (c / B + m)) = serial_latency_s / (serial_latency_s / B + communication_s)
+
+    Never above B (equal to it without communication), and a true bound wherever each worker's
+    share of a forward's compute takes at least c / B: its forwards then take at least that plus
+    the collectives it waited in."""
+    if serial_latency_s <= 0 or compute_bound <= 0 or communication_s < 0:
+        raise ValueError(f"a bound needs a positive latency and bound and no negative communication, got "
+                         f"{serial_latency_s}, {compute_bound}, {communication_s}")
+    return serial_latency_s / (serial_latency_s / compute_bound + communication_s)
 
 
 def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: float) -> str:

@@ -42,7 +42,7 @@ from .model.placement import pool_workers
 from .model.presets import (CascadeModel, PresetLoader, available_models, default_model_name, load_model,
                              preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
-from .plan import Plan, PlanBackend, assumptions, bound, choose_plan, describe, tick_ratio
+from .plan import Plan, PlanBackend, assumptions, bound, bound_with_communication, choose_plan, describe, tick_ratio
 from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule, parse_prompt_schedule
 from .worlds import judge_of
 
@@ -812,16 +812,26 @@ def sequence_request(request: GenerateRequest) -> GenerateRequest:
     return replace(request, mode="serial", joint=False, placement="tokens")
 
 
-def sequence_figures(request: GenerateRequest, model: CascadeModel, cut: float) -> dict:
-    """The sequence run's plan: the serial schedule on the tokens placement and its bound (each
-    forward shared by the workers, times BWCache's measured ``cut``)."""
+def sequence_figures(request: GenerateRequest, model: CascadeModel, serial_stats: dict, sequence_stats: dict) -> dict:
+    """The sequence run's plan: the serial schedule on the tokens placement and its bounds: with
+    free communication (``bound``: each forward shared by the workers, times BWCache's measured
+    cut), and with the communication the run measured (``bound_with_communication``, see
+    ``plan.bound_with_communication``: serial's latency over its share of serial's time plus
+    ``communication_s``, the seconds the busiest worker spent in collectives)."""
     backend = PlanBackend("distributed", request.workers, placement="tokens")
     serial = replace(request, mode="serial").schedule(model)
+    cut = bwcache_cut(serial_stats, sequence_stats)
     reach = bound(serial, serial, backend) * cut
+    communication = sequence_stats["communication_s"]  # measured: a tokens run reports every tick
     plan = Plan(1, serial.stride, serial.recache, False, "the serial schedule, its tokens shared by the workers")
     return {"name": "serial", "placement": "tokens", "workers": request.workers, "ticks": serial.num_ticks,
-            "bound": reach, "bwcache_cut": cut, "reason": plan.reason, "summary": describe(plan, serial, backend, reach),
-            "assumes": assumptions(backend, cut != 1.0)}
+            "bound": reach, "bwcache_cut": cut, "communication_s": communication,
+            "bound_with_communication": bound_with_communication(serial_stats["latency_s"], reach, communication),
+            "reason": plan.reason, "summary": describe(plan, serial, backend, reach),
+            "assumes": assumptions(backend, cut != 1.0),
+            "assumes_with_communication": ("with communication: serial's latency over its share of serial's time "
+                                           "per forward plus the seconds the busiest worker spent exchanging "
+                                           "tokens, as measured in this run")}
 
 
 def comparison_stats(result: CompareResult, request: GenerateRequest, model: CascadeModel, plan: Plan,
@@ -853,7 +863,7 @@ def comparison_stats(result: CompareResult, request: GenerateRequest, model: Cas
     if result.sequence is not None:
         q = result.sequence.stats
         stats.update(sequence=q, sequence_speedup=s["latency_s"] / q["latency_s"],
-                     sequence_plan=sequence_figures(request, model, bwcache_cut(s, q)))
+                     sequence_plan=sequence_figures(request, model, s, q))
     return stats
 
 

@@ -282,6 +282,8 @@ def test_the_api_adds_the_sequence_run_on_the_pool_and_refuses_other_runs(served
     assert (sequence["placement"], sequence["workers"], sequence["mode"]) == ("tokens", CORES, "serial")
     assert stats["sequence_speedup"] == stats["serial"]["latency_s"] / sequence["latency_s"]
     assert stats["sequence_plan"]["bound"] == CORES  # the serial schedule's forwards shared by the workers
+    latency, communication = stats["serial"]["latency_s"], sequence["communication_s"]
+    assert stats["sequence_plan"]["bound_with_communication"] == latency / (latency / CORES + communication) < CORES
     assert next(imageio_ffmpeg.read_frames(side_by_side))["size"][0] >= 3 * next(imageio_ffmpeg.read_frames(serial))["size"][0]
     from gradio_client.exceptions import AppError
 
@@ -302,6 +304,7 @@ def test_the_pages_sequence_box_shows_a_third_column_with_its_video_and_figures(
     last = updates[-1]
     assert last["sequence_video"].endswith("sequence.mp4") and "latency" in last["sequence_stats"]
     assert "Sequence parallel:" in last["speedup"] and last["sequence_live"] is not None
+    assert "spent exchanging tokens" in last["speedup"].split("Sequence parallel:", 1)[1]
     plain = [dict(zip(OUTPUTS, update)) for update in run_page("a red circle", "", True, *page_values(blocks=2), False)]
     assert plain[0]["sequence_column"].visible is False and "Sequence parallel" not in plain[-1]["speedup"]
 

@@ -22,7 +22,7 @@ from cascade.backend import LocalExecutor
 from cascade.caching import BWCacheConfig
 from cascade.model.context_parallel import frame_shares
 from cascade.pipeline import BlockCausalPipeline
-from cascade.plan import PlanBackend, bound
+from cascade.plan import PlanBackend, bound, bound_with_communication
 from cascade.schedule import make_schedule
 from cascade.service import GenerateRequest
 from process_checks import alive
@@ -89,7 +89,39 @@ def test_tokens_give_the_local_serial_latents(model, pool, pixels, attention):
     schedule = make_schedule(BLOCKS, STEPS)
     out = generate(video, schedule, pool.placed("tokens"))
     assert_same_run(out, local(video, schedule), schedule, WORKERS)
-    assert out.communication == []  # nothing moves between ticks
+    assert_tokens_traffic(out, schedule, video, WORKERS)
+
+
+# random-tiny: 6 layers of 4 heads × 48 dimensions (192 in all), float32; 3 latent frames per block
+LAYERS, HEADS, HEAD_DIM, FLOAT_BYTES, FRAMES = 6, 4, 48, 4, 3
+
+
+def ulysses_forward_payload(shares: list[int], rank: int) -> int:
+    """Bytes one rank sends in a forward of one block on Ulysses: in each layer the other ranks'
+    heads of its tokens of Q, K and V, and its heads of their tokens of the output; then its tokens
+    of the last block's output, to be gathered."""
+    mine, others = FRAMES * shares[rank], FRAMES * (sum(shares) - shares[rank])
+    own_heads = HEADS // len(shares)
+    per_layer = (3 * mine * (HEADS - own_heads) + others * own_heads) * HEAD_DIM
+    return (LAYERS * per_layer + mine * HEADS * HEAD_DIM) * FLOAT_BYTES
+
+
+def assert_tokens_traffic(out, schedule, video, workers):
+    """One entry per tick and worker; its seconds within that worker's forwards of the tick, and
+    what every worker sends, someone receives."""
+    assert [(c.tick, c.worker) for c in out.communication] == [
+        (tick, worker) for tick in range(schedule.num_ticks) for worker in range(workers)]
+    forwards = {(e.worker, tick): e for tick, items in enumerate(schedule.ticks) for e in out.timeline
+                if any((e.block, e.step) == (i.block, i.step) for i in items)}
+    shares = frame_shares(video.layout.height // 8 * video.layout.width // 8, workers)
+    for c in out.communication:
+        forward = forwards[(c.worker, c.tick)]
+        assert 0 <= c.blocked_s <= forward.end - forward.start
+        assert forward.end <= c.posted
+        assert c.sent_bytes == ulysses_forward_payload(shares, c.worker)
+    for tick in range(schedule.num_ticks):
+        entries = [c for c in out.communication if c.tick == tick]
+        assert sum(c.sent_bytes for c in entries) == sum(c.received_bytes for c in entries)
 
 
 @pytest.mark.parametrize("attention", ATTENTION)
@@ -155,6 +187,20 @@ def test_the_tokens_bound_is_the_workers_share_of_each_forward():
     serial = make_schedule(BLOCKS, STEPS)
     assert bound(serial, serial, PlanBackend("distributed", 3, placement="tokens")) == 3
     assert bound(serial, serial, PlanBackend("distributed", 3)) == 1  # blocks: a serial schedule gains nothing
+
+
+def test_the_bound_with_communication_is_serial_over_its_share_plus_the_measured_exchanges():
+    # 2.0 s serial, bound 2: 1.0 s of shared compute, plus 0.25 s of communication
+    assert bound_with_communication(2.0, 2.0, 0.25) == 2.0 / 1.25
+    assert bound_with_communication(2.0, 3.0, 0.0) == 3.0  # free communication: the compute bound
+    for latency, compute, communication in ((0.7, 2.0, 0.01), (3.5, 4.0, 1.2), (1.0, 1.5, 10.0)):
+        with_communication = bound_with_communication(latency, compute, communication)
+        assert with_communication < compute
+        assert with_communication == latency / (latency / compute + communication)
+    more = [bound_with_communication(1.0, 2.0, c) for c in (0.0, 0.1, 0.2, 0.4)]
+    assert more == sorted(more, reverse=True)  # more communication, a lower bound
+    with pytest.raises(ValueError, match="no negative communication"):
+        bound_with_communication(1.0, 2.0, -0.1)
 
 
 RANKS = """

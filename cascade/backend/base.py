@@ -30,12 +30,15 @@ class TimelineEntry:
 
 @dataclass(frozen=True)
 class CommEntry:
-    """One worker's K/V traffic of one tick, on the run's clock (seconds since it started).
+    """One worker's traffic of one tick, on the run's clock (seconds since it started).
 
-    ``posted``: its items of the tick were done and it posted the tick's K/V;
-    ``blocked_s``: how long its items of this tick waited for K/V still on their way (transfer
-    time on the critical path, plus any wait for a slower owner). ``sent_bytes`` is the payload
-    this worker sent (each other worker receives it).
+    The blocks placement (K/V between ticks): ``posted``: its items of the tick were done and it
+    posted the tick's K/V; ``blocked_s``: how long its items of this tick waited for K/V still on
+    their way (transfer time on the critical path, plus any wait for a slower owner).
+    The tokens placement (Q/K/V inside each forward): ``posted``: the tick's end; ``blocked_s``:
+    the seconds its collectives took inside the tick's forwards (waits for slower peers included).
+    ``sent_bytes`` is the payload this worker sent (its data the other workers receive),
+    ``received_bytes`` theirs that it received.
     """
 
     tick: int

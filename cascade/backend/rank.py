@@ -24,7 +24,8 @@ tick.
 The ``tokens`` placement (sequence parallelism) uses the same loop the other way round: every
 worker runs every item, each on its share of the tokens, and the job's model exchanges Q/K/V
 inside each forward (``DenoiseJob.token_parallel``: diffusers' context parallelism); nothing moves
-between ticks, and only worker 0 hands on blocks, since every worker ends with every latent.
+between ticks, and only worker 0 hands on blocks, since every worker ends with every latent. Each
+tick's traffic is the time the worker's collectives took inside its forwards, as its model timed them.
 """
 
 from __future__ import annotations
@@ -143,24 +144,26 @@ class RankExecutor:
             dist.barrier(group=self._cpu_group)
             origin = time.perf_counter() if clock_origin is None else clock_origin
             mine = self._run_ticks(job, schedule, cache, exchange, lambda: time.perf_counter() - origin,
-                                   progress, on_own_block if tokens is None or self.rank == 0 else None)
+                                   progress, on_own_block if tokens is None or self.rank == 0 else None, tokens)
         gathered = [None] * self.workers
         # on the tokens placement every rank holds every latent: its own are the run's
         shared = mine if tokens is None else ({}, *mine[1:])
         dist.all_gather_object(gathered, (*shared, report), group=self._cpu_group)
         timeline = sorted((e for part in gathered for e in part[1]), key=lambda e: (e.start, e.worker))
+        communication = sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker))
         if tokens is not None:
-            return self._tokens_result(schedule, mine[0], timeline, gathered)
+            return self._tokens_result(schedule, mine[0], timeline, communication, gathered)
         latents = {block: x for part in gathered for block, x in part[0].items()}
         return ExecutionResult(
             latents=[latents[b] for b in range(schedule.num_blocks)],
             timeline=timeline,
             model_calls=sum(part[3] for part in gathered),
-            communication=sorted((c for part in gathered for c in part[2]), key=lambda c: (c.tick, c.worker)),
+            communication=communication,
             session_reports=[part[4] for part in gathered],
         )
 
-    def _tokens_result(self, schedule: Schedule, latents: dict, timeline: list, gathered: list) -> ExecutionResult:
+    def _tokens_result(self, schedule: Schedule, latents: dict, timeline: list, communication: list,
+                       gathered: list) -> ExecutionResult:
         """Every rank ran every item: its own latents are the run's, and its report speaks for all
         once every rank's agrees (BWCache decided alike everywhere, each rank built its
         cross-attention cache alike)."""
@@ -170,11 +173,13 @@ class RankExecutor:
             raise RuntimeError(f"workers {differing} ran the tokens placement differently from worker 0: "
                                f"{reports[differing[0]]} against {reports[0]}")
         return ExecutionResult(latents=[latents[b] for b in range(schedule.num_blocks)], timeline=timeline,
-                               model_calls=gathered[0][3], session_reports=reports[:1])
+                               model_calls=gathered[0][3], communication=communication, session_reports=reports[:1])
 
-    def _run_ticks(self, job, schedule: Schedule, cache, exchange, clock, progress, on_own_block):
+    def _run_ticks(self, job, schedule: Schedule, cache, exchange, clock, progress, on_own_block, tokens=None):
         """This rank's items, tick by tick: its own blocks' with an ``exchange`` of K/V, every item
-        without one (tokens); returns (its blocks' latents, timeline, traffic, calls)."""
+        without one (tokens); returns (its blocks' latents, timeline, traffic, calls). The traffic
+        of the tokens placement is the seconds its collectives took inside the tick's forwards
+        (``TokenParallel.traffic``) as ``blocked_s``, ``posted`` the tick's end."""
         frames_per_block = cache.num_frames // job.num_blocks
         current: dict[int, torch.Tensor] = {}
         timeline: list[TimelineEntry] = []
@@ -204,6 +209,10 @@ class RankExecutor:
                 posted = clock()
                 sent, received = exchange.post(cache, [i.block for i in tick], frames_per_block)
                 communication.append(CommEntry(tick_index, self.rank, posted, blocked, sent, received))
+            elif tokens is not None:
+                spent = tokens.traffic()
+                communication.append(CommEntry(tick_index, self.rank, clock(), spent.seconds, spent.sent,
+                                               spent.received))
             report_progress(progress, tick_index, schedule)
         if exchange is not None:
             exchange.receive(cache, frames_per_block, below=None)

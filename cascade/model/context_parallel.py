@@ -30,10 +30,18 @@ What diffusers' engine did not carry as it is, and how it is extended through it
   are after the all-to-all, which no backend lets a caller reach. Worth proposing upstream: a
   callback on the exchanged K/V (any KV-cached causal model needs it) and the log-sum-exp from
   the native backend.
+
+**Communication, measured.** Every collective this process takes part in during a forward is
+timed here, where they all pass: Ulysses' all-to-alls and Ring's K/V gather (the templated
+attention's time minus that of the forward op it calls), the last block's gather of the tokens,
+and ``total`` (BWCache's sums). ``traffic()`` hands on what was spent since its last call (the
+pool reads it after each tick). On a GPU each reading of the clock waits for the device, so the
+seconds are the collectives' own rather than their launch.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +56,23 @@ from torch.distributed.device_mesh import init_device_mesh
 
 _TOKEN_SHARE_HOOK = "token_share"
 ULYSSES, RING = "ulysses", "ring"
+
+
+@dataclass
+class Traffic:
+    """What one process's collectives took: ``seconds`` in them (waiting for slower peers
+    included: time this process could not compute), and the payload it ``sent`` (its data that the
+    others receive) and ``received`` (theirs), in bytes, as the shares give them (not gloo's or
+    NCCL's wire bytes, which depend on their algorithms)."""
+
+    seconds: float = 0.0
+    sent: int = 0
+    received: int = 0
+
+    def add(self, seconds: float, sent: int, received: int) -> None:
+        self.seconds += seconds
+        self.sent += sent
+        self.received += received
 
 
 def frame_shares(tokens_per_frame: int, ranks: int) -> list[int]:
@@ -87,10 +112,38 @@ class TokenParallel:
         else:
             self._share, self._whole = EquipartitionSharder.shard, EquipartitionSharder.unshard
         self._orders: dict[int, torch.Tensor] = {}
+        self.device = device
+        self._traffic = Traffic()  # since the last ``traffic()``: every run starts its own TokenParallel
 
     @property
     def _flat(self):
         return self.config.context_parallel_config._flattened_mesh
+
+    def traffic(self) -> Traffic:
+        """What this process's collectives took since the last call (or since it was made)."""
+        spent, self._traffic = self._traffic, Traffic()
+        return spent
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _gathered_payload(self, nbytes: int) -> tuple[int, int]:
+        """(sent, received) of a gather of this process's ``nbytes`` of some frames' tokens: the
+        others' shares of the same frames arrive."""
+        mine = self.shares[self.rank]
+        return nbytes, nbytes // mine * (sum(self.shares) - mine)
+
+    def _ulysses_payload(self, query: torch.Tensor, frames: int) -> tuple[int, int]:
+        """(sent, received) of Ulysses' four all-to-alls: Q, K and V [rows, S_r, H, D] go out by
+        heads (every token of H/W heads comes back), the output [rows, S, H/W, D] by tokens."""
+        rows, mine, heads, dim = query.shape
+        everyone, own_heads = frames * sum(self.shares), heads // self.ranks
+        unit = rows * dim * query.element_size()
+        sent = unit * (3 * mine * (heads - own_heads) + (everyone - mine) * own_heads)
+        received = unit * (3 * (everyone - mine) * own_heads + mine * (heads - own_heads))
+        return sent, received
 
     def cache_shard(self) -> dict:
         """The KV cache geometry this process keeps: H/W heads of every token (Ulysses), or every
@@ -107,7 +160,10 @@ class TokenParallel:
 
     def gather(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Every process's tokens, in frame order: the inverse of ``take`` on every process."""
-        return self._whole(x.unflatten(1, (frames, -1)), 2, self._flat).flatten(1, 2)
+        start = self._now()
+        whole = self._whole(x.unflatten(1, (frames, -1)), 2, self._flat).flatten(1, 2)
+        self._traffic.add(self._now() - start, *self._gathered_payload(x.nbytes))
+        return whole
 
     def _gather_padded(self, x: torch.Tensor, dim: int, mesh) -> torch.Tensor:
         """Every process's ``x`` joined along ``dim``, where the shares differ in size: each padded
@@ -121,8 +177,10 @@ class TokenParallel:
     def total(self, sums: torch.Tensor) -> torch.Tensor:
         """``sums`` added over every process, in rank order: the same bits on every process, so
         decisions taken on them (BWCache's) agree."""
+        start = self._now()
         parts = [torch.empty_like(sums) for _ in range(self.ranks)]
         dist.all_gather(parts, sums.contiguous(), group=self._flat.get_group())
+        self._traffic.add(self._now() - start, sums.nbytes, (self.ranks - 1) * sums.nbytes)
         return torch.stack(parts).sum(0)
 
     def _frame_order(self, frames: int, device) -> torch.Tensor:
@@ -142,15 +200,32 @@ class TokenParallel:
                   frames: int) -> torch.Tensor:
         """Self-attention of this process's queries [rows, S_r, H, D] over every token of the
         forward and the cached context. ``with_cache(key, value)`` stages the forward's own K/V
-        (in frame order) and returns them after the cached context the rows see, with a mask."""
+        (in frame order) and returns them after the cached context the rows see, with a mask.
+
+        Its communication is the templated attention's time outside the forward op: the
+        exchanges, their waits and the reshuffles around them (for Ring, also the merging of the
+        partial attentions by their log-sum-exp, which one device does not do either)."""
         if self.kind == ULYSSES:
             forward_op = partial(_exchanged_attention, with_cache, self._frame_order(frames, key.device))
+            payload = self._ulysses_payload(query, frames)
         else:
             key, value, mask = with_cache(key, value)
             _refuse_mask(mask)
             forward_op = _attention_op
-        return _templated_context_parallel_attention(query, key, value, forward_op=forward_op, backward_op=None,
-                                                     _parallel_config=self.config)
+            payload = self._gathered_payload(key.nbytes + value.nbytes)
+        computing = []
+
+        def timed_op(*args, **kwargs):
+            start = self._now()
+            out = forward_op(*args, **kwargs)
+            computing.append(self._now() - start)
+            return out
+
+        start = self._now()
+        out = _templated_context_parallel_attention(query, key, value, forward_op=timed_op, backward_op=None,
+                                                    _parallel_config=self.config)
+        self._traffic.add(self._now() - start - sum(computing), *payload)
+        return out
 
     # --- on a transformer ----------------------------------------------------------------------
 

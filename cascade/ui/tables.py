@@ -47,13 +47,17 @@ def speedup_markdown(stats: dict) -> str:
 
 
 def sequence_line(stats: dict) -> str:
-    """The third run's speedup beside its own bound, when the comparison made it."""
+    """The third run's speedup beside its own bounds (with free and with its measured
+    communication) and its communication's share of its latency, when the comparison made it."""
     if "sequence" not in stats:
         return ""
     plan, sequence = stats["sequence_plan"], stats["sequence"]
+    share = plan["communication_s"] / sequence["latency_s"]
     return (f"\n\n**Sequence parallel: {stats['sequence_speedup']:.2f}× faster than serial** (at most "
-            f"{plan['bound']:.2f}×: {plan['summary']}); {sequence['latency_s']:.2f} s. {plan['assumes'][0].upper()}"
-            f"{plan['assumes'][1:]}.")
+            f"{plan['bound']:.2f}×: {plan['summary']}; at most {plan['bound_with_communication']:.2f}× with the "
+            f"{plan['communication_s']:.2f} s its busiest worker spent exchanging tokens, {percent(share)} of its "
+            f"latency); {sequence['latency_s']:.2f} s. {plan['assumes'][0].upper()}{plan['assumes'][1:]}; "
+            f"{plan['assumes_with_communication']}.")
 
 
 ANALYZER_ROWS = (("colour", "colour"), ("shape", "shape"), ("motion", "motion"), ("background", "background"),
