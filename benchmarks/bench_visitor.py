@@ -2,11 +2,16 @@
 steps, with and without BWCache, timed on this machine, beside the bound of the plan it ran and
 its quality on 96 held-out pairs with a paired test against serial.
 
-    python -m benchmarks.bench_visitor [--repeats 3] [--out benchmarks/results]
+    python -m benchmarks.bench_visitor [--repeats 3] [--out benchmarks/results] [--blocks N]
 
 Each row is ``Service.default_request()`` (on a CPU box a pool of one-core workers) with only the
 steps and BWCache changed, so its plan is the one the page would choose. Timings are medians of
-``--repeats`` comparisons after a warm-up. Quality comes from the committed evaluations of the
+``--repeats`` comparisons after a warm-up. On a pool each comparison also makes the page's third
+run, sequence parallelism (the serial schedule with each forward's tokens split over the same
+workers), and each row records it under ``"sequence"`` (``sequence_figures``: its speedup over
+serial on one worker, its bounds with free and with measured communication, the communication's
+share of its latency, and how far its frames are from serial's); ``benchmarks/report.py`` renders
+those rows in BENCHMARKS.md. ``--blocks`` shortens the video (a smoke run). Quality comes from the committed evaluations of the
 same computation (``python -m cascade eval --prompts 96``, ``benchmarks/results/eval_*.json``):
 per analyzer score, the share of pairs right, and McNemar's exact p-value of the per-pair verdicts
 against plain serial at the same steps (one object: a frame share, so its verdict is ≥ 0.5).
@@ -21,9 +26,11 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from cascade.metrics import mcnemar_p
 from cascade.plan import QUALITY_SCORES
-from cascade.service import Service
+from cascade.service import COMPARE_RUNS, Service
 
 from .bench_app import machine, write_report
 
@@ -56,10 +63,13 @@ def paired_quality(cascade: dict | None, serial: dict | None) -> dict:
     return out
 
 
-def row(service: Service, steps: int, bwcache: bool, repeats: int, results: Path) -> dict:
-    request = replace(service.default_request(), steps=steps, bwcache=bwcache)
+def row(service: Service, steps: int, bwcache: bool, repeats: int, results: Path, blocks: int | None = None) -> dict:
+    request = replace(service.default_request(), steps=steps, bwcache=bwcache, blocks=blocks)
+    if request.executor == "distributed":
+        request = replace(request, runs=COMPARE_RUNS)
     service.compare(request)  # warm: a first comparison at new settings builds caches
-    runs = sorted((service.compare(request).stats for _ in range(repeats)), key=lambda s: s["speedup"])
+    compared = [service.compare(request) for _ in range(repeats)]
+    runs = sorted((c.stats for c in compared), key=lambda s: s["speedup"])
     stats = runs[len(runs) // 2]
     plan = stats["plan"]
     delta = request.bwcache_threshold if bwcache else None
@@ -69,7 +79,26 @@ def row(service: Service, steps: int, bwcache: bool, repeats: int, results: Path
     return {"steps": steps, "bwcache": delta, "plan": plan["summary"], "reason": plan["reason"],
             "speedups": [s["speedup"] for s in runs], "speedup": stats["speedup"], "bound": plan["bound"],
             "share_of_bound": stats["speedup"] / plan["bound"], "serial_latency_s": stats["serial"]["latency_s"],
-            "cascade_latency_s": stats["cascade"]["latency_s"], "quality": paired_quality(cascade, serial)}
+            "cascade_latency_s": stats["cascade"]["latency_s"], "quality": paired_quality(cascade, serial),
+            **({"sequence": sequence_figures(compared)} if "sequence" in request.runs else {})}
+
+
+def sequence_figures(compared: list) -> dict:
+    """The sequence run of the comparison with the median sequence speedup: serial's latency (one
+    worker of the pool's kind) and its own, the speedup, the bound with free communication (W ×
+    BWCache's cut), the bound with the communication it measured, that communication's seconds and
+    share of its latency, and its frames' largest difference from serial's (in /255)."""
+    middle = sorted(compared, key=lambda c: c.stats["sequence_speedup"])[len(compared) // 2]
+    stats, plan = middle.stats, middle.stats["sequence_plan"]
+    sequence = stats["sequence"]
+    difference = np.abs(middle.serial.frames.astype(int) - middle.sequence.frames.astype(int)).max()
+    return {"blocks": sequence["blocks"], "workers": sequence["workers"], "threads": sequence["threads"],
+            "serial_latency_s": stats["serial"]["latency_s"], "sequence_latency_s": sequence["latency_s"],
+            "speedups": sorted(c.stats["sequence_speedup"] for c in compared), "speedup": stats["sequence_speedup"],
+            "bound": plan["bound"], "bound_with_communication": plan["bound_with_communication"],
+            "communication_s": plan["communication_s"],
+            "communication_share": plan["communication_s"] / sequence["latency_s"],
+            "max_abs_diff_255": int(difference)}
 
 
 def markdown(report: dict) -> str:
@@ -97,9 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the committed evaluations are")
+    parser.add_argument("--blocks", type=int, default=None, help="video length in blocks (default: the page's)")
     args = parser.parse_args(argv)
     with Service() as service:  # the page's own bounds and defaults
-        rows = [row(service, steps, bwcache, args.repeats, args.results) for steps, bwcache in ROWS]
+        rows = [row(service, steps, bwcache, args.repeats, args.results, args.blocks) for steps, bwcache in ROWS]
     report = {"repeats": args.repeats, "rows": rows, "machine": machine()}
     write_report(args.out, "bench_visitor", report, markdown(report))
     return report

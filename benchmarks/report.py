@@ -78,6 +78,42 @@ def eval_section() -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def sequence_section() -> str | None:
+    """Sequence parallelism against serial: the visitor bench's rows that made the third run
+    (``bench_visitor.json``, ``"sequence"`` of each row)."""
+    path = RESULTS / "bench_visitor.json"
+    rows = [r for r in json.loads(path.read_text())["rows"] if "sequence" in r] if path.exists() else []
+    if not rows:
+        return None
+    lines = [
+        "## Sequence parallelism against serial (`python -m benchmarks.bench_visitor`)",
+        "",
+        "The page's third run on the same comparisons as the table above: the serial schedule with every forward's "
+        "tokens split over the pool's workers, against serial on one worker of the same kind. Bound: with free "
+        "communication (the workers × BWCache's cut). With communication: serial's latency over its share of "
+        "serial's time plus the seconds the busiest worker spent in collectives, as measured in the same run "
+        "(`cascade.plan.bound_with_communication`). Communication share: those seconds over the sequence run's "
+        "latency. Frames: the largest difference of any pixel from serial's, in /255.",
+        "",
+        "| steps | BWCache | blocks | workers | serial s | sequence s | speedup | bound | bound with communication "
+        "| communication share | frames vs serial |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        q = r["sequence"]
+        cache = "–" if r["bwcache"] is None else f"δ {r['bwcache']:g}"
+        workers = f"{q['workers']}" + (f" × {q['threads']} thread{'s' if q['threads'] != 1 else ''}" if q["threads"] else "")
+        lines.append(f"| {r['steps']} | {cache} | {q['blocks']} | {workers} | {q['serial_latency_s']:.3f} | "
+                     f"{q['sequence_latency_s']:.3f} | **{q['speedup']:.2f}×** | {q['bound']:.2f}× | "
+                     f"{q['bound_with_communication']:.2f}× | {q['communication_share']:.0%} | "
+                     f"max {q['max_abs_diff_255']}/255 |")
+    return "\n".join(lines) + "\n"
+
+
+# sections rendered here from a script's JSON, each placed after that script's own table
+RENDERED_AFTER = {"bench_visitor.md": sequence_section}
+
+
 CARD_START, CARD_END = "<!-- model card quality: benchmarks/report.py -->", "<!-- end model card quality -->"
 
 
@@ -118,6 +154,9 @@ def main() -> int:
         path = RESULTS / name
         if path.exists():
             parts.append(path.read_text().strip() + "\n")
+        rendered = RENDERED_AFTER[name]() if name in RENDERED_AFTER else None
+        if rendered:
+            parts.append(rendered)
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
     print(f"wrote {ROOT / 'BENCHMARKS.md'} from {len(parts) - 1} section(s)")
     return 0

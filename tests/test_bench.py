@@ -93,3 +93,54 @@ def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the
     }
     assert picked["paper_same_forwards"]["share_of_bound"] == pytest.approx(0.9)
     assert picked["same_compute_one_device"]["share_of_bound"] == pytest.approx(1.15 / 1.25)
+
+
+SEQUENCE_ROW = {"blocks": 8, "workers": 2, "threads": 1, "serial_latency_s": 1.0, "sequence_latency_s": 0.8,
+                "speedups": [1.2, 1.25, 1.3], "speedup": 1.25, "bound": 2.0, "bound_with_communication": 1.6,
+                "communication_s": 0.125, "communication_share": 0.15625, "max_abs_diff_255": 1}
+
+
+def test_the_visitor_bench_takes_the_sequence_figures_of_its_median_comparison():
+    import numpy as np
+
+    from benchmarks.bench_visitor import sequence_figures
+
+    def compared(speedup, communication, shift):
+        serial = np.full((3, 2, 2, 3), 100, dtype=np.uint8)
+        stats = {"serial": {"latency_s": 1.0}, "sequence_speedup": speedup,
+                 "sequence": {"blocks": 8, "workers": 2, "threads": 1, "latency_s": 1.0 / speedup},
+                 "sequence_plan": {"bound": 2.0, "bound_with_communication": 1.0 / (0.5 + communication),
+                                   "communication_s": communication}}
+        return SimpleNamespace(stats=stats, serial=SimpleNamespace(frames=serial),
+                               sequence=SimpleNamespace(frames=serial - np.uint8(shift)))
+
+    figures = sequence_figures([compared(1.3, 0.1, 3), compared(1.25, 0.125, 1), compared(1.2, 0.2, 2)])
+    assert figures == SEQUENCE_ROW  # the median comparison's (1.25×), its frames 1/255 from serial's
+
+
+def test_the_report_renders_the_sequence_rows_after_the_visitor_table(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import report
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    rows = [{"steps": 4, "bwcache": None, "sequence": SEQUENCE_ROW},
+            {"steps": 16, "bwcache": 0.15, "sequence": {**SEQUENCE_ROW, "speedup": 1.5, "max_abs_diff_255": 0}},
+            {"steps": 4, "bwcache": 0.15}]  # a comparison without the third run (one device) has no row
+    (results / "bench_visitor.json").write_text(json.dumps({"rows": rows}))
+    (results / "bench_visitor.md").write_text("the visitor table\n")
+    (tmp_path / "README.md").write_text(f"a\n{report.CARD_START}\n{report.CARD_END}\nb\n")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", results)
+    assert report.main() == 0
+    written = (tmp_path / "BENCHMARKS.md").read_text()
+    visitor, sequence = written.split("the visitor table\n", 1)
+    table = [line for line in sequence.splitlines() if line.startswith("| ")]
+    assert table[1:] == [
+        "| 4 | – | 8 | 2 × 1 thread | 1.000 | 0.800 | **1.25×** | 2.00× | 1.60× | 16% | max 1/255 |",
+        "| 16 | δ 0.15 | 8 | 2 × 1 thread | 1.000 | 0.800 | **1.50×** | 2.00× | 1.60× | 16% | max 0/255 |",
+    ]
+    assert "## Sequence parallelism against serial" in sequence
+    (results / "bench_visitor.json").write_text(json.dumps({"rows": rows[2:]}))
+    assert report.sequence_section() is None
