@@ -4,7 +4,7 @@
                                           [--link-gb-per-s 100] [--markdown OUT.md]
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json [--model random-wan2.1-1.3b]
                                    [--device cuda] [--dtype bfloat16] [--blocks 7] [--repeats 3]
-                                   [--link-gb-per-s 100] [--quick]
+                                   [--link-gb-per-s 100] [--sequence-gpus 2,3,4,5,6,7,8] [--quick]
 
 Part of the package's bench (an installed ``cascade`` has no ``benchmarks/``); the second form
 is the repository's script, ``benchmarks/bench_gpu.py``, which runs this module's ``main``.
@@ -27,6 +27,28 @@ forward, and then every owner sends its block's K/V (its measured size) to the W
 one after another, over a link of ``--link-gb-per-s``; text encoding and decoding are the
 measured ones of the serial run.
 
+The **sequence-parallel projection** is what W GPUs would give the serial schedule with every
+forward's tokens split over them, as the tokens placement runs it (``cascade/model/context_parallel.py``:
+Ulysses where the heads divide by W, else Ring), for W = 2..8 (``--sequence-gpus``). What one
+rank exchanges per forward of one block (``sequence_exchanges``) is, in each layer, Ulysses'
+four all-to-alls of its share of the block's tokens (Q, K and V by heads, the attention's
+output back by tokens; the cached context needs none, as each rank caches its heads of every
+token), or Ring's all-gather of its share of the block's and the cached context's K/V (the
+context: its mean over the serial schedule's forwards); and once per forward the last block's
+gather of the hidden states. Their time is **measured** on W processes where this machine has
+them (``cascade/collective_costs.py``: W gloo processes on a CPU, NCCL on W GPUs), else
+**modelled** as the bytes each rank receives over ``--link-gb-per-s``; the table says which.
+Then (``sequence_row``), with ``forward_s`` the serial run's measured time per forward, N its
+forwards and L the layers::
+
+    communication_s(W) = L × layer_exchange_s(W) + gather_s(W)
+    denoise_s(W)       = N × (forward_s / W + communication_s(W))
+    speedup(W)         = serial latency_s / denoise_s(W)
+
+It assumes a forward's compute splits evenly over the W GPUs (every op is per token but
+attention, which Ulysses runs whole for H/W heads) and that no exchange overlaps compute. The
+cascade's projected speedup on as many GPUs stands beside it.
+
 One variant failing (out of memory, say) is recorded as an error and the others still run; the
 JSON and its markdown table (same path, ``.md``) are rewritten after every variant, so a killed
 run keeps what it measured. ``--quick`` is a CPU smoke run: ``random-tiny``, 2 blocks, 1 repeat.
@@ -46,7 +68,7 @@ from pathlib import Path
 
 import torch
 
-from . import metrics
+from . import collective_costs, metrics
 from .backend import LocalExecutor
 from .model.presets import CascadeModel, load_model
 from .model.wan import UMT5_XXL, random_text_encoder, random_vae
@@ -61,6 +83,7 @@ WAN_LATENT_CHANNELS = 16
 TEXT_ENCODER_CONFIG = UMT5_XXL  # the full-size parts timed with the random transformer
 VAE_CONFIG: dict | None = None  # None: AutoencoderKLWan's defaults, Wan2.1's VAE
 DEFAULT_LINK_GB_PER_S = 100.0  # stated for the projection; NVLink is faster, PCIe 4 x16 slower
+SEQUENCE_GPUS = tuple(range(2, 9))  # the sequence-parallel projection's W
 
 
 def variants() -> list[dict]:
@@ -164,6 +187,91 @@ def projection(rows: list[dict], kv_bytes: int, link_gb_per_s: float, blocks: in
             "rows": projected}
 
 
+def sequence_geometry(model: CascadeModel, blocks: int) -> dict:
+    """What sequence parallelism exchanges depends on: the transformer's layers, heads and head
+    size, its bytes per element, a frame's tokens, a block's frames, and the cached context a
+    forward of the serial schedule attends to on average (in frames, within the local window)."""
+    config, lay = model.transformer.config, model.layout
+    serial = make_schedule(blocks, model.sampler.num_steps)
+    window = model.local_window or blocks * lay.frames_per_block
+    context = statistics.mean(min(item.block * lay.frames_per_block, window)
+                              for tick in serial.ticks for item in tick)
+    return {"layers": config.num_layers, "heads": config.num_attention_heads, "head_dim": config.attention_head_dim,
+            "element_bytes": next(model.transformer.parameters()).element_size(),
+            "tokens_per_frame": model.transformer.tokens_per_frame(lay.height, lay.width),
+            "frames_per_block": lay.frames_per_block, "mean_context_frames": context}
+
+
+def sequence_exchanges(geometry: dict, gpus: int) -> dict:
+    """One rank's collectives per forward of one block on ``gpus`` ranks, as ``TokenParallel`` runs
+    them, in bytes on each rank (its share: the largest, where a frame's tokens do not divide):
+    ``layer``, each layer's; ``gather``, the last block's gather of the hidden states."""
+    g = geometry
+    share = -(-g["tokens_per_frame"] // gpus)
+    width = g["heads"] * g["head_dim"] * g["element_bytes"]  # one token of Q, K, V or hidden states
+    block = g["frames_per_block"] * share * width
+    if g["heads"] % gpus == 0:
+        attention, layer = "ulysses", [("all_to_all", block)] * 4  # Q, K, V, and the output back
+    else:
+        context = round(g["mean_context_frames"] * share * width)
+        attention, layer = "ring", [("all_gather", 2 * (block + context))]  # K and V, with the context
+    return {"attention": attention, "layer": layer, "gather": [("all_gather", block)]}
+
+
+def modelled_seconds(collectives: list[tuple[str, int]], gpus: int, link_gb_per_s: float) -> float:
+    """The bytes one rank receives in ``collectives`` (an all-to-all: the others' parts of theirs;
+    an all-gather: every other rank's) over a link of ``link_gb_per_s``."""
+    received = sum(nbytes * (gpus - 1) / gpus if kind == "all_to_all" else nbytes * (gpus - 1)
+                   for kind, nbytes in collectives)
+    return received / (link_gb_per_s * 1e9)
+
+
+def exchange_seconds(exchanges: dict, gpus: int, device: torch.device, link_gb_per_s: float) -> tuple[dict, str]:
+    """Seconds of one layer's exchange and of the gather on ``gpus`` ranks: measured on this
+    machine where it has that many processes of its device, else modelled; and which it was."""
+    groups = {"layer": exchanges["layer"], "gather": exchanges["gather"]}
+    if device.type == "cpu":
+        return collective_costs.measure(groups, gpus), f"measured, {gpus} gloo processes"
+    if torch.cuda.device_count() >= gpus:
+        return collective_costs.measure(groups, gpus, "cuda"), f"measured, {gpus} GPUs (NCCL)"
+    return ({name: modelled_seconds(group, gpus, link_gb_per_s) for name, group in groups.items()},
+            f"modelled, {link_gb_per_s:g} GB/s")
+
+
+def sequence_row(serial: dict, gpus: int, layers: int, layer_s: float, gather_s: float) -> dict:
+    """The projected sequence-parallel run on ``gpus`` GPUs from the serial run's figures
+    (``forward_s``, ``forwards``, ``latency_s``) and the exchanges' seconds (module docstring)."""
+    communication = layers * layer_s + gather_s
+    compute = serial["forward_s"] / gpus
+    denoise = serial["forwards"] * (compute + communication)
+    return {"gpus": gpus, "layer_exchange_s": layer_s, "gather_s": gather_s, "compute_per_forward_s": compute,
+            "communication_per_forward_s": communication, "denoise_s": denoise,
+            "communication_share": communication / (compute + communication),
+            "speedup_vs_serial": serial["latency_s"] / denoise}
+
+
+def sequence_projection(model: CascadeModel, report: dict, gpus: tuple[int, ...], device: torch.device,
+                        link_gb_per_s: float) -> dict:
+    """The sequence-parallel projection for each of ``gpus``, beside the cascade's best projected
+    speedup on as many GPUs (none where no projected cascade has that window)."""
+    serial = next((r for r in report["variants"] if r["name"] == "serial" and "error" not in r), None)
+    if serial is None:
+        return {}
+    geometry = sequence_geometry(model, report["blocks"])
+    cascades = (report.get("projection") or {}).get("rows", [])
+    rows = []
+    for count in gpus:
+        exchanges = sequence_exchanges(geometry, count)
+        seconds, source = exchange_seconds(exchanges, count, device, link_gb_per_s)
+        row = sequence_row(serial, count, geometry["layers"], seconds["layer"], seconds["gather"])
+        best = max((c["speedup_vs_serial"] for c in cascades if c["gpus"] == count), default=None)
+        rows.append({**row, "attention": exchanges["attention"], "exchange": source,
+                     "layer_bytes": sum(n for _, n in exchanges["layer"]), "cascade_speedup_vs_serial": best})
+        print(f"sequence on {count} GPUs ({exchanges['attention']}, {source}): {row['speedup_vs_serial']:.2f}x",
+              flush=True)
+    return {"geometry": geometry, "forward_s": serial["forward_s"], "forwards": serial["forwards"], "rows": rows}
+
+
 def run(args: argparse.Namespace, report: dict, save) -> None:
     """Measure every variant into ``report["variants"]``, saving after each one."""
     device = torch.device(args.device)
@@ -198,6 +306,9 @@ def run(args: argparse.Namespace, report: dict, save) -> None:
         report["variants"].append(row)
         report["projection"] = projection(report["variants"], kv_bytes, args.link_gb_per_s, args.blocks)
         save(report)
+    report["sequence_projection"] = sequence_projection(model, report, tuple(args.sequence_gpus), device,
+                                                        args.link_gb_per_s)
+    save(report)
 
 
 def _num(value, spec: str) -> str:
@@ -229,7 +340,8 @@ def markdown(report: dict) -> str:
             f"{_num(r['block_fps'], '.1f')} | {r['time_to_first_block_s']:.3f} | {r['end_to_end_s']:.3f} | "
             f"{r['fps_end_to_end']:.1f} | {_num(r['peak_memory_gib'], '.1f')} |"
         )
-    return "\n".join(lines + projection_lines(report.get("projection") or {})) + "\n"
+    return "\n".join(lines + projection_lines(report.get("projection") or {})
+                     + sequence_lines(report.get("sequence_projection") or {})) + "\n"
 
 
 def projection_lines(projected: dict) -> list[str]:
@@ -252,6 +364,34 @@ def projection_lines(projected: dict) -> list[str]:
     return lines
 
 
+def sequence_lines(projected: dict) -> list[str]:
+    if not projected.get("rows"):
+        return []
+    g = projected["geometry"]
+    lines = [
+        "",
+        f"**Sequence parallelism projected to W GPUs** (the serial schedule, each forward's tokens split over "
+        f"them; computed from measured parts): each GPU computes 1/W of the serial run's forward "
+        f"({projected['forward_s'] * 1e3:.1f} ms), then waits for its exchanges: per layer Ulysses' 4 all-to-alls "
+        f"(the {g['heads']} heads divide by W) or Ring's K/V all-gather with the mean cached context "
+        f"({g['mean_context_frames']:.1f} frames), and one gather of the hidden states per forward; "
+        f"{g['layers']} layers, {g['frames_per_block']} frames × {g['tokens_per_frame']} tokens per block, "
+        f"{g['heads']} × {g['head_dim']} dims, {g['element_bytes']} bytes each. Measured where this machine has W "
+        f"processes of its device, else modelled over the link; no overlap of exchanges with compute.",
+        "",
+        "| GPUs | attention | exchanges | per layer MiB | per layer ms | compute per forward ms | "
+        "communication per forward ms | communication share | denoise s | × vs serial | cascade × (same GPUs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in projected["rows"]:
+        lines.append(f"| {r['gpus']} | {r['attention']} | {r['exchange']} | {r['layer_bytes'] / 2**20:.2f} | "
+                     f"{r['layer_exchange_s'] * 1e3:.3f} | {r['compute_per_forward_s'] * 1e3:.1f} | "
+                     f"{r['communication_per_forward_s'] * 1e3:.1f} | {r['communication_share']:.0%} | "
+                     f"{r['denoise_s']:.3f} | {r['speedup_vs_serial']:.2f} | "
+                     f"{_num(r['cascade_speedup_vs_serial'], '.2f')} |")
+    return lines
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, type=Path, help="results; the table goes next to it (.md)")
@@ -262,13 +402,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--link-gb-per-s", type=float, default=DEFAULT_LINK_GB_PER_S,
                         help="link bandwidth the W-GPU projection assumes")
-    parser.add_argument("--quick", action="store_true", help="CPU smoke run: random-tiny, 2 blocks, 1 repeat")
+    parser.add_argument("--sequence-gpus", type=_gpu_counts, default=SEQUENCE_GPUS,
+                        help="comma-separated W of the sequence-parallel projection (default 2,...,8)")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU smoke run: random-tiny, 2 blocks, 1 repeat, the sequence projection on 2")
     args = parser.parse_args(argv)
     if args.blocks < 1 or args.repeats < 1:
         parser.error("--blocks and --repeats must be at least 1")
     if args.quick:
-        args.model, args.device, args.blocks, args.repeats = "random-tiny", "cpu", 2, 1
+        args.model, args.device, args.blocks, args.repeats, args.sequence_gpus = "random-tiny", "cpu", 2, 1, (2,)
     return args
+
+
+def _gpu_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(part) for part in text.split(","))
+    if any(count < 2 for count in counts):
+        raise argparse.ArgumentTypeError(f"each count of GPUs must be at least 2, got {text}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +460,7 @@ def run_gpu(args: argparse.Namespace) -> int:
 
 def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     defaults = dict(model="random-wan2.1-1.3b", dtype=None, blocks=7, repeats=3, markdown=None, quick=False,
-                    link_gb_per_s=DEFAULT_LINK_GB_PER_S)
+                    link_gb_per_s=DEFAULT_LINK_GB_PER_S, sequence_gpus=SEQUENCE_GPUS)
     given = {k: v for k, v in vars(args).items() if v is not None}
     return argparse.Namespace(**{**defaults, **given})
 

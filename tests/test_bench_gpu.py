@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from cascade import bench_gpu
+from cascade import bench_gpu, collective_costs
 from cascade.backend import LocalExecutor
 from cascade.backend.local import torch_threads
 from cascade.model.presets import LatentLayout, _random_model, preview_latents
@@ -63,6 +63,12 @@ def test_quick_run_measures_every_variant(tmp_path, capsys):
     for name in rows:
         assert f"| {name} |" in table
     assert table in capsys.readouterr().out
+    (sequence,) = report["sequence_projection"]["rows"]  # quick: on 2 GPUs, its exchanges timed on 2 processes
+    assert (sequence["gpus"], sequence["attention"], sequence["exchange"]) == (2, "ulysses", "measured, 2 gloo processes")
+    assert sequence["layer_exchange_s"] > 0 and sequence["gather_s"] > 0
+    assert sequence == {**sequence, **bench_gpu.sequence_row(rows["serial"], 2, 6, sequence["layer_exchange_s"],
+                                                             sequence["gather_s"])}
+    assert "**Sequence parallelism projected to W GPUs**" in table and "| 2 | ulysses | measured, 2 gloo" in table
 
 
 def test_failing_variants_are_recorded_and_saved_as_they_go(tmp_path, monkeypatch):
@@ -188,7 +194,8 @@ def test_wan_latent_models_are_timed_with_text_encoder_and_vae_end_to_end(tmp_pa
     every_variant = bench_gpu.variants
     monkeypatch.setattr(bench_gpu, "variants", lambda: every_variant()[:3])
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--json", str(out), "--device", "cpu", "--blocks", "2", "--repeats", "1"]) == 0
+    assert bench_gpu.main(["--json", str(out), "--device", "cpu", "--blocks", "2", "--repeats", "1",
+                           "--sequence-gpus", "2"]) == 0
     report = json.loads(out.read_text())
     assert "umT5 and VAE with random weights" in report["description"]
     serial = report["variants"][0]
@@ -196,3 +203,48 @@ def test_wan_latent_models_are_timed_with_text_encoder_and_vae_end_to_end(tmp_pa
     assert serial["text_s"] > 0 and serial["decode_s"] > 0
     assert report["kv_block_bytes"] == 2 * 2 * 3 * 1 * 16 * 4  # K and V, 2 layers, 3 frames of 1 token, 16 dims
     assert [r["name"] for r in report["projection"]["rows"]] == ["cascade W2 s1"]
+
+
+# Wan2.1-1.3B at 480×832: 30 layers of 12 heads × 128 dims in bf16, 3 latent frames of 30 × 52 tokens per block
+WAN_1_3B_480P = dict(layers=30, heads=12, head_dim=128, element_bytes=2, tokens_per_frame=1560, frames_per_block=3,
+                     mean_context_frames=9.0)
+
+
+def test_sequence_exchanges_are_ulysses_all_to_alls_where_the_heads_divide_else_rings_kv_gather():
+    token = 12 * 128 * 2  # bytes of one token of Q, K, V or hidden states
+    ulysses = bench_gpu.sequence_exchanges(WAN_1_3B_480P, 4)
+    block = 3 * 390 * token  # a quarter of each frame's tokens
+    assert ulysses == {"attention": "ulysses", "layer": [("all_to_all", block)] * 4, "gather": [("all_gather", block)]}
+    ring = bench_gpu.sequence_exchanges(WAN_1_3B_480P, 8)  # 12 heads do not divide by 8
+    block = 3 * 195 * token
+    assert ring == {"attention": "ring", "layer": [("all_gather", 2 * (block + 9 * 195 * token))],
+                    "gather": [("all_gather", block)]}
+    assert bench_gpu.sequence_exchanges(WAN_1_3B_480P, 7)["layer"][0][1] % 223 == 0  # 1560 / 7: the largest share, 223
+
+
+def test_modelled_exchanges_are_the_bytes_each_rank_receives_over_the_link():
+    collectives = [("all_to_all", 4 * 10**9), ("all_gather", 10**9)]
+    # an all-to-all on 4 ranks brings 3/4 of a rank's size, an all-gather 3 others' sizes: 6 GB at 100 GB/s
+    assert bench_gpu.modelled_seconds(collectives, 4, 100.0) == pytest.approx(0.06)
+
+
+def test_the_sequence_projection_is_serial_over_a_shared_forward_plus_its_exchanges():
+    serial = dict(latency_s=2.2, forwards=20, forward_s=0.1)
+    row = bench_gpu.sequence_row(serial, 4, layers=30, layer_s=0.0005, gather_s=0.001)
+    assert row["communication_per_forward_s"] == pytest.approx(30 * 0.0005 + 0.001)
+    assert row["compute_per_forward_s"] == pytest.approx(0.025)
+    assert row["denoise_s"] == pytest.approx(20 * (0.025 + 0.016))
+    assert row["speedup_vs_serial"] == pytest.approx(2.2 / (20 * 0.041))
+    assert row["communication_share"] == pytest.approx(0.016 / 0.041)
+    free = [bench_gpu.sequence_row(serial, gpus, 30, 0.0, 0.0)["speedup_vs_serial"] for gpus in (2, 4, 8)]
+    assert free == pytest.approx([gpus * 2.2 / 2.0 for gpus in (2, 4, 8)])  # W × serial latency / its forwards
+    slower = [bench_gpu.sequence_row(serial, 4, 30, layer_s, 0.001)["speedup_vs_serial"] for layer_s in (0, 1e-4, 1e-3)]
+    assert slower == sorted(slower, reverse=True) and slower[-1] < free[1]
+
+
+def test_collectives_are_timed_on_the_processes_asked_for():
+    seconds = collective_costs.measure({"layer": [("all_to_all", 64)] * 4, "gather": [("all_gather", 32)]}, 2,
+                                       repeats=2)
+    assert set(seconds) == {"layer", "gather"} and all(s > 0 for s in seconds.values())
+    with pytest.raises(ValueError, match="cannot time all_to_all of 63 bytes on 2 ranks"):
+        collective_costs.measure({"layer": [("all_to_all", 63)]}, 2)
