@@ -262,7 +262,12 @@ def sequence_projection(model: CascadeModel, report: dict, gpus: tuple[int, ...]
     rows = []
     for count in gpus:
         exchanges = sequence_exchanges(geometry, count)
-        seconds, source = exchange_seconds(exchanges, count, device, link_gb_per_s)
+        try:
+            seconds, source = exchange_seconds(exchanges, count, device, link_gb_per_s)
+        except Exception as error:  # a count that cannot start (memory, ports) must not end the bench
+            rows.append({"gpus": count, "attention": exchanges["attention"], "error": f"{type(error).__name__}: {error}"})
+            print(f"sequence on {count} GPUs: FAILED {rows[-1]['error']}", flush=True)
+            continue
         row = sequence_row(serial, count, geometry["layers"], seconds["layer"], seconds["gather"])
         best = max((c["speedup_vs_serial"] for c in cascades if c["gpus"] == count), default=None)
         rows.append({**row, "attention": exchanges["attention"], "exchange": source,
@@ -384,6 +389,9 @@ def sequence_lines(projected: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in projected["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['gpus']} | {r['attention']} | error: {r['error'][:120]} |" + " |" * 8)
+            continue
         lines.append(f"| {r['gpus']} | {r['attention']} | {r['exchange']} | {r['layer_bytes'] / 2**20:.2f} | "
                      f"{r['layer_exchange_s'] * 1e3:.3f} | {r['compute_per_forward_s'] * 1e3:.1f} | "
                      f"{r['communication_per_forward_s'] * 1e3:.1f} | {r['communication_share']:.0%} | "

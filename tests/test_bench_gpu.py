@@ -14,7 +14,7 @@ import torch
 from cascade import bench_gpu, collective_costs
 from cascade.backend import LocalExecutor
 from cascade.backend.local import torch_threads
-from cascade.model.presets import LatentLayout, _random_model, preview_latents
+from cascade.model.presets import TINY, LatentLayout, _random_model, preview_latents
 from cascade.schedule import make_schedule
 
 STEPS = 4
@@ -248,3 +248,27 @@ def test_collectives_are_timed_on_the_processes_asked_for():
     assert set(seconds) == {"layer", "gather"} and all(s > 0 for s in seconds.values())
     with pytest.raises(ValueError, match="cannot time all_to_all of 63 bytes on 2 ranks"):
         collective_costs.measure({"layer": [("all_to_all", 63)]}, 2)
+
+
+def test_a_gpu_count_whose_exchanges_fail_is_recorded_and_the_others_projected(monkeypatch):
+    def seconds(exchanges, gpus, device, link_gb_per_s):
+        if gpus == 3:
+            raise RuntimeError("no port")
+        return {"layer": 0.001, "gather": 0.002}, "measured, fake"
+
+    monkeypatch.setattr(bench_gpu, "exchange_seconds", seconds)
+    serial = dict(name="serial", latency_s=1.0, forwards=9, forward_s=0.1)
+    cascades = [{"gpus": 2, "speedup_vs_serial": 1.5}, {"gpus": 2, "speedup_vs_serial": 1.7}]
+    report = {"blocks": 2, "variants": [serial], "projection": {"rows": cascades}}
+    projected = bench_gpu.sequence_projection(_random_model("random-tiny", TINY, LatentLayout(3, 3, 64, 64),
+                                                            preview_latents, 8.0, "cpu", torch.float32, "tiny"),
+                                              report, (2, 3), torch.device("cpu"), 100.0)
+    # 2 blocks of 4 steps: block 0's 5 forwards see no context, block 1's 4 see its 3 frames
+    assert projected["geometry"] == {"layers": 6, "heads": 4, "head_dim": 48, "element_bytes": 4,
+                                     "tokens_per_frame": 64, "frames_per_block": 3, "mean_context_frames": 12 / 9}
+    two, three = projected["rows"]
+    assert three == {"gpus": 3, "attention": "ring", "error": "RuntimeError: no port"}
+    assert two["cascade_speedup_vs_serial"] == 1.7 and two["exchange"] == "measured, fake"
+    assert two == {**two, **bench_gpu.sequence_row(serial, 2, 6, 0.001, 0.002)}
+    table = [line for line in bench_gpu.sequence_lines(projected) if line.startswith("| ")]
+    assert "error: RuntimeError: no port" in table[-1] and all(line.count("|") == 12 for line in table)
