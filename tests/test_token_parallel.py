@@ -107,8 +107,8 @@ def ulysses_forward_payload(shares: list[int], rank: int) -> int:
 
 
 def assert_tokens_traffic(out, schedule, video, workers):
-    """One entry per tick and worker; its seconds within that worker's forwards of the tick, and
-    what every worker sends, someone receives."""
+    """One entry per tick and worker; its seconds within that worker's forwards of the tick, its
+    payload exactly what Ulysses moves, and (on 2 workers) what one sends, the other receives."""
     assert [(c.tick, c.worker) for c in out.communication] == [
         (tick, worker) for tick in range(schedule.num_ticks) for worker in range(workers)]
     forwards = {(e.worker, tick): e for tick, items in enumerate(schedule.ticks) for e in out.timeline
@@ -235,8 +235,9 @@ for name, case in cases.items():
     dist.all_gather_object(shapes, shape)
     if dist.get_rank() == 0:
         np.save(out / f"{name}.npy", result.latents.numpy())
+        traffic = [[c.tick, c.worker, c.blocked_s, c.sent_bytes] for c in result.communication]
         (out / f"{name}.json").write_text(json.dumps({"bwcache": result.bwcache, "cache_shapes": shapes,
-                                                      "workers": result.workers}))
+                                                      "workers": result.workers, "traffic": traffic}))
 dist.barrier()  # no rank tears its groups down while another still writes
 dist.destroy_process_group()
 """
@@ -281,6 +282,9 @@ def test_three_ranks_run_ring_attention_and_give_the_local_serial_latents(model,
         frames = BLOCKS * 3
         # Ring: every head, a third of every frame's tokens
         assert stats["cache_shapes"] == [[6, 1, frames * share, 4, 48] for share in frame_shares(tokens, 3)], name
+        ticks = BLOCKS * (cases[name]["steps"] + 1) - 1  # the serial schedule: the last block has no recache
+        assert [entry[:2] for entry in stats["traffic"]] == [[t, w] for t in range(ticks) for w in range(3)], name
+        assert all(seconds >= 0 and sent > 0 for *_, seconds, sent in stats["traffic"]), name
 
 
 def test_two_ranks_keep_half_the_heads_of_the_kv_cache(model, tmp_path):
