@@ -171,7 +171,7 @@ def test_the_sequence_run_reports_its_measured_communication_and_both_bounds_on_
 
 def test_the_sequence_bounds_take_bwcaches_cut_and_the_measured_communication():
     model = load_model("random-tiny")
-    request = replace(SMALL, executor="distributed", workers=2)
+    request = replace(SMALL, executor="distributed", workers=2).resolved(model)
     plain = {"latency_s": 2.0, "bwcache": {"enabled": False}}
     cached = {"latency_s": 0.8, "communication_s": 0.25,
               "bwcache": {"enabled": True, "block_computation_reduction": 1.5}}

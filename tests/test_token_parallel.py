@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,28 @@ def test_killed_worker_fails_a_tokens_run_and_the_pool_restarts(model, pool):
     again = generate(model, schedule, pool.placed("tokens"))
     assert set(pool.worker_pids).isdisjoint(old_pids)
     assert (again.latents - local(model, schedule).latents).abs().max().item() <= 1e-4
+
+
+def test_the_attentions_communication_leaves_out_its_forward_ops_time(monkeypatch):
+    """What the templated attention spends outside the forward op it calls is communication; the
+    op's own time (here a 0.3 s stand-in) is not."""
+    from cascade.model import context_parallel
+
+    def templated(query, key, value, forward_op, backward_op, _parallel_config):
+        time.sleep(0.01)  # the exchange
+        return forward_op(None, query, key, value)
+
+    monkeypatch.setattr(context_parallel, "_templated_context_parallel_attention", templated)
+    monkeypatch.setattr(context_parallel, "_attention_op", lambda ctx, q, k, v, *a, **kw: time.sleep(0.3) or q)
+    ring = object.__new__(context_parallel.TokenParallel)  # rank 0 of 2, Ring, 2 of 4 tokens per frame
+    ring.kind, ring.ranks, ring.rank, ring.shares, ring.config = context_parallel.RING, 2, 0, [2, 2], None
+    ring.device, ring._traffic = torch.device("cpu"), context_parallel.Traffic()
+    query = key = value = torch.zeros(1, 2, 2, 4)
+    ring.attention(lambda k, v: (k, v, None), query, key, value, frames=1)
+    spent = ring.traffic()
+    assert 0.01 <= spent.seconds < 0.3
+    assert (spent.sent, spent.received) == (key.nbytes + value.nbytes, key.nbytes + value.nbytes)  # 2 of 2 tokens
+    assert ring.traffic() == context_parallel.Traffic()  # handed on, so the next tick starts from nothing
 
 
 def test_a_tokens_request_needs_a_pool():
