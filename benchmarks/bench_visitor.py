@@ -86,8 +86,9 @@ def row(service: Service, steps: int, bwcache: bool, repeats: int, results: Path
 def sequence_figures(compared: list) -> dict:
     """The sequence run of the comparison with the median sequence speedup: serial's latency (one
     worker of the pool's kind) and its own, the speedup, the bound with free communication (W ×
-    BWCache's cut), the bound with the communication it measured, that communication's seconds and
-    share of its latency, and its frames' largest difference from serial's (in /255)."""
+    BWCache's cut), the bound with the communication it measured (a worker's mean seconds in
+    collectives), the busiest worker's seconds and their share of its latency, and its frames'
+    largest difference from serial's (in /255)."""
     middle = sorted(compared, key=lambda c: c.stats["sequence_speedup"])[len(compared) // 2]
     stats, plan = middle.stats, middle.stats["sequence_plan"]
     sequence = stats["sequence"]
@@ -96,8 +97,8 @@ def sequence_figures(compared: list) -> dict:
             "serial_latency_s": stats["serial"]["latency_s"], "sequence_latency_s": sequence["latency_s"],
             "speedups": sorted(c.stats["sequence_speedup"] for c in compared), "speedup": stats["sequence_speedup"],
             "bound": plan["bound"], "bound_with_communication": plan["bound_with_communication"],
-            "communication_s": plan["communication_s"],
-            "communication_share": plan["communication_s"] / sequence["latency_s"],
+            "mean_communication_s": plan["mean_communication_s"], "communication_s": sequence["communication_s"],
+            "communication_share": sequence["communication_s"] / sequence["latency_s"],
             "max_abs_diff_255": int(difference)}
 
 

@@ -91,9 +91,10 @@ def sequence_section() -> str | None:
         "The page's third run on the same comparisons as the table above: the serial schedule with every forward's "
         "tokens split over the pool's workers, against serial on one worker of the same kind. Bound: with free "
         "communication (the workers × BWCache's cut). With communication: serial's latency over its share of "
-        "serial's time plus the seconds the busiest worker spent in collectives, as measured in the same run "
-        "(`cascade.plan.bound_with_communication`). Communication share: those seconds over the sequence run's "
-        "latency. Frames: the largest difference of any pixel from serial's, in /255.",
+        "serial's time plus the seconds a worker spent in collectives, averaged over the workers, as measured in "
+        "the same run (`cascade.plan.bound_with_communication`). Communication share: the busiest worker's seconds "
+        "in collectives over the sequence run's latency. Frames: the largest difference of any pixel from "
+        "serial's, in /255.",
         "",
         "| steps | BWCache | blocks | workers | serial s | sequence s | speedup | bound | bound with communication "
         "| communication share | frames vs serial |",

@@ -117,7 +117,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if "sequence" in s:
         plan = s["sequence_plan"]
         print(f"{_summary(s['sequence'], 'sequence')}; speedup {s['sequence_speedup']:.2f}x (ideal {plan['bound']:.2f}x, "
-              f"{plan['bound_with_communication']:.2f}x with its {plan['communication_s']:.2f} s of communication); "
+              f"{plan['bound_with_communication']:.2f}x with its {plan['mean_communication_s']:.2f} s of communication "
+              f"per worker); "
               f"vs serial PSNR {float(q['sequence']['psnr_db']):.1f} dB")
     for serial, cascade in zip(s["serial"]["switches"], s["cascade"]["switches"]):
         print(f"switch at block {serial['block']}: serial {serial['latency_s']:.2f} s and {serial['forwards']} extra "

@@ -131,13 +131,17 @@ def bound_with_communication(serial_latency_s: float, compute_bound: float, comm
     With N forwards, serial's time per forward c = ``serial_latency_s`` / N, the bound with free
     communication B = ``compute_bound`` (W × BWCache's cut: each forward's compute shared by the
     W workers, minus what the cache skips) and the measured communication per forward
-    m = ``communication_s`` / N (the seconds the busiest worker spent in collectives, over N)::
+    m = ``communication_s`` / N (the seconds a worker spent in collectives, averaged over the
+    workers, over N)::
 
         bound = serial_latency_s / (N × (c / B + m)) = serial_latency_s / (serial_latency_s / B + communication_s)
 
-    Never above B (equal to it without communication), and a true bound wherever each worker's
-    share of a forward's compute takes at least c / B: its forwards then take at least that plus
-    the collectives it waited in."""
+    Never above B (equal to it without communication). A true bound wherever the workers' shares
+    of a forward's compute take c / B or more on average (W shares of 1/W of the tokens: together
+    at least serial's forward, less what the cache skips): the run lasts at least as long as any
+    worker's compute plus its collectives, so at least their mean over the workers,
+    N × c / B + ``communication_s``. The mean, not the busiest worker's: a worker
+    that waits in a collective for a slower peer's compute counts that wait as communication."""
     if serial_latency_s <= 0 or compute_bound <= 0 or communication_s < 0:
         raise ValueError(f"a bound needs a positive latency and bound and no negative communication, got "
                          f"{serial_latency_s}, {compute_bound}, {communication_s}")

@@ -21,6 +21,7 @@ import os
 import re
 import reprlib
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -771,14 +772,14 @@ def cache_figures(stats: dict | None, layers: int, items: int) -> dict:
 
 
 def communication_figures(entries: list) -> dict:
-    """Seconds the most-blocked worker's items spent waiting for K/V on their way, summed over
-    the run's ticks, and the bytes sent; empty for executors that move nothing."""
+    """Seconds the most-blocked worker's items spent waiting for K/V on their way (on the tokens
+    placement: in collectives), summed over the run's ticks, each worker's such sum, and the bytes
+    sent; empty for executors that move nothing."""
     if not entries:
         return {}
-    workers = {e.worker for e in entries}
-    blocked = max(sum(e.blocked_s for e in entries if e.worker == w) for w in workers)
+    by_worker = [sum(e.blocked_s for e in entries if e.worker == w) for w in sorted({e.worker for e in entries})]
     sent = sum(e.sent_bytes for e in entries)
-    return {"communication_s": blocked, "communication_bytes": sent}
+    return {"communication_s": max(by_worker), "communication_s_by_worker": by_worker, "communication_bytes": sent}
 
 
 def bwcache_cut(serial: dict | None, cascade: dict) -> float:
@@ -817,21 +818,22 @@ def sequence_figures(request: GenerateRequest, model: CascadeModel, serial_stats
     free communication (``bound``: each forward shared by the workers, times BWCache's measured
     cut), and with the communication the run measured (``bound_with_communication``, see
     ``plan.bound_with_communication``: serial's latency over its share of serial's time plus
-    ``communication_s``, the seconds the busiest worker spent in collectives)."""
+    ``mean_communication_s``, the seconds a worker spent in collectives, averaged over the workers)."""
     backend = PlanBackend("distributed", request.workers, placement="tokens")
     serial = replace(request, mode="serial").schedule(model)
     cut = bwcache_cut(serial_stats, sequence_stats)
     reach = bound(serial, serial, backend) * cut
-    communication = sequence_stats["communication_s"]  # measured: a tokens run reports every tick
+    communication = statistics.mean(sequence_stats["communication_s_by_worker"])  # measured in every tick
     plan = Plan(1, serial.stride, serial.recache, False, "the serial schedule, its tokens shared by the workers")
     return {"name": "serial", "placement": "tokens", "workers": request.workers, "ticks": serial.num_ticks,
-            "bound": reach, "bwcache_cut": cut, "communication_s": communication,
+            "bound": reach, "bwcache_cut": cut, "mean_communication_s": communication,
             "bound_with_communication": bound_with_communication(serial_stats["latency_s"], reach, communication),
             "reason": plan.reason, "summary": describe(plan, serial, backend, reach),
             "assumes": assumptions(backend, cut != 1.0),
             "assumes_with_communication": ("with communication: serial's latency over its share of serial's time "
-                                           "per forward plus the seconds the busiest worker spent exchanging "
-                                           "tokens, as measured in this run")}
+                                           "per forward plus the seconds a worker spent exchanging tokens in this "
+                                           "run, averaged over the workers (a bound while the workers' shares of "
+                                           "a forward take at least serial's time per forward together)")}
 
 
 def comparison_stats(result: CompareResult, request: GenerateRequest, model: CascadeModel, plan: Plan,

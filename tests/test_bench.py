@@ -97,7 +97,8 @@ def test_summary_picks_the_best_cascade_of_each_comparison_with_its_share_of_the
 
 SEQUENCE_ROW = {"blocks": 8, "workers": 2, "threads": 1, "serial_latency_s": 1.0, "sequence_latency_s": 0.8,
                 "speedups": [1.2, 1.25, 1.3], "speedup": 1.25, "bound": 2.0, "bound_with_communication": 1.6,
-                "communication_s": 0.125, "communication_share": 0.15625, "max_abs_diff_255": 1}
+                "mean_communication_s": 0.1, "communication_s": 0.125, "communication_share": 0.15625,
+                "max_abs_diff_255": 1}
 
 
 def test_the_visitor_bench_takes_the_sequence_figures_of_its_median_comparison():
@@ -108,9 +109,10 @@ def test_the_visitor_bench_takes_the_sequence_figures_of_its_median_comparison()
     def compared(speedup, communication, shift):
         serial = np.full((3, 2, 2, 3), 100, dtype=np.uint8)
         stats = {"serial": {"latency_s": 1.0}, "sequence_speedup": speedup,
-                 "sequence": {"blocks": 8, "workers": 2, "threads": 1, "latency_s": 1.0 / speedup},
+                 "sequence": {"blocks": 8, "workers": 2, "threads": 1, "latency_s": 1.0 / speedup,
+                              "communication_s": communication},
                  "sequence_plan": {"bound": 2.0, "bound_with_communication": 1.0 / (0.5 + communication),
-                                   "communication_s": communication}}
+                                   "mean_communication_s": communication / 1.25}}
         return SimpleNamespace(stats=stats, serial=SimpleNamespace(frames=serial),
                                sequence=SimpleNamespace(frames=serial - np.uint8(shift)))
 

@@ -186,7 +186,7 @@ def test_compare_adds_the_sequence_run_on_the_same_pool(tmp_path):
     assert (q["mode"], q["placement"], q["workers"], q["forwards"]) == ("serial", "tokens", 2, stats["serial"]["forwards"])
     assert stats["sequence_speedup"] == stats["serial"]["latency_s"] / q["latency_s"]
     assert stats["sequence_plan"]["bound"] == 2 and stats["sequence_plan"]["placement"] == "tokens"
-    assert 0 < q["communication_s"] == stats["sequence_plan"]["communication_s"] < q["latency_s"]
+    assert 0 < stats["sequence_plan"]["mean_communication_s"] <= q["communication_s"] < q["latency_s"]
     assert stats["sequence_plan"]["bound_with_communication"] < 2
     assert {e["worker"] for e in q["timeline"]} == {0, 1}
     timeline = json.loads((tmp_path / "timeline.json").read_text())

@@ -52,12 +52,12 @@ def sequence_line(stats: dict) -> str:
     if "sequence" not in stats:
         return ""
     plan, sequence = stats["sequence_plan"], stats["sequence"]
-    share = plan["communication_s"] / sequence["latency_s"]
+    share = sequence["communication_s"] / sequence["latency_s"]
     return (f"\n\n**Sequence parallel: {stats['sequence_speedup']:.2f}× faster than serial** (at most "
             f"{plan['bound']:.2f}×: {plan['summary']}; at most {plan['bound_with_communication']:.2f}× with the "
-            f"{plan['communication_s']:.2f} s its busiest worker spent exchanging tokens, {percent(share)} of its "
-            f"latency); {sequence['latency_s']:.2f} s. {plan['assumes'][0].upper()}{plan['assumes'][1:]}; "
-            f"{plan['assumes_with_communication']}.")
+            f"{plan['mean_communication_s']:.2f} s a worker spent exchanging tokens on average; the busiest "
+            f"{sequence['communication_s']:.2f} s, {percent(share)} of its latency); {sequence['latency_s']:.2f} s. "
+            f"{plan['assumes'][0].upper()}{plan['assumes'][1:]}; {plan['assumes_with_communication']}.")
 
 
 ANALYZER_ROWS = (("colour", "colour"), ("shape", "shape"), ("motion", "motion"), ("background", "background"),
