@@ -316,6 +316,12 @@ def run(args: argparse.Namespace, report: dict, save) -> None:
     save(report)
 
 
+def _error_row(cells: tuple, error: str, columns: int) -> str:
+    """A table row of ``columns`` that names what failed (its first ``cells``) and how."""
+    named = " | ".join(map(str, cells))
+    return f"| {named} | error: {error[:120]} |" + " |" * (columns - len(cells) - 1)
+
+
 def _num(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -337,7 +343,7 @@ def markdown(report: dict) -> str:
     ]
     for r in report["variants"]:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['executor']} | error: {r['error'][:120]} |" + " |" * 9)
+            lines.append(_error_row((r["name"], r["executor"]), r["error"], columns=12))
             continue
         lines.append(
             f"| {r['name']} | {r['executor']} | {r['ticks']} | {_num(r.get('tick_ratio'), '.2f')} | "
@@ -390,7 +396,7 @@ def sequence_lines(projected: dict) -> list[str]:
     ]
     for r in projected["rows"]:
         if "error" in r:
-            lines.append(f"| {r['gpus']} | {r['attention']} | error: {r['error'][:120]} |" + " |" * 8)
+            lines.append(_error_row((r["gpus"], r["attention"]), r["error"], columns=11))
             continue
         lines.append(f"| {r['gpus']} | {r['attention']} | {r['exchange']} | {r['layer_bytes'] / 2**20:.2f} | "
                      f"{r['layer_exchange_s'] * 1e3:.3f} | {r['compute_per_forward_s'] * 1e3:.1f} | "
