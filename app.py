@@ -178,7 +178,7 @@ def settings_panel(device: str, offer) -> list:
             stride = gr.Slider(1, offer.max_steps + 1, value=d.stride, step=1, elem_id="stride",
                                label="Stride (steps before the next block starts)")
             variant = gr.Radio(list(VARIANTS), value="joint" if d.joint else "causal", label="Variant",
-                               info="joint: blocks in flight attend to each other in one forward (one device)",
+                               info="joint: blocks in flight attend to each other in one forward (a pool splits its tokens)",
                                elem_id="variant")
             recache = gr.Checkbox(value=d.recache, label="Recache (a clean forward after each block)",
                                   elem_id="recache")

@@ -80,7 +80,10 @@ def device_used_gib(device: torch.device) -> float | None:
 def service_compare(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Serial vs the batched cascade, and serial vs a one-worker pool, through the Service."""
     model = "random-tiny" if args.quick else "random-wan2.1-1.3b"
-    base = GenerateRequest(prompt=PROMPT, model=model, blocks=args.blocks, mode="cascade")
+    # on the CPU, one thread for serial and for the worker alike: two-thread torch beside any other
+    # busy process swings 2-10x, which once showed a one-worker pool 13x faster than serial
+    threads = 1 if device.type == "cpu" else None
+    base = GenerateRequest(prompt=PROMPT, model=model, blocks=args.blocks, mode="cascade", threads=threads)
     rows = []
     with Service(device=device.type, limits=UNLIMITED) as service:
         for name, request in (("batched cascade on one GPU", replace(base, executor="batched")),

@@ -17,6 +17,7 @@
     python -m benchmarks.bench_service --json benchmarks/results/warm_start.json
     python -m benchmarks.bench_app --runs 5 --out benchmarks/results
     python -m benchmarks.bench_load                                            # alone on the machine
+    python -m benchmarks.bench_placements                                      # alone on the machine
     python -m benchmarks.bench_cache
     python -m benchmarks.bench_switch --json benchmarks/results/bench_switch.json
     python -m benchmarks.bench_gpu --json benchmarks/results/bench_gpu.json   # on a GPU machine
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("bench_visitor.md", "cascade.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "device_check.md", "bench_cache.md", "bench_switch.md")
+SECTIONS = ("bench_visitor.md", "cascade.md", "bench_placements.md", "warm_start.md", "bench_app.md", "bench_load.md", "bench_gpu.md", "device_check.md", "bench_cache.md", "bench_switch.md")
 
 HEADER = """# Benchmarks
 

@@ -34,11 +34,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="cascade: denoise the blocks in flight in one forward, attending to each other")
     parser.add_argument("--executor", choices=EXECUTORS, default=R.executor,
                         help="local: one item at a time; batched: a tick's items in one forward; "
-                             "distributed: a pool of worker processes, block b on worker b mod W")
+                             "distributed: a pool of worker processes, block b on worker b mod W (see --placement)")
     parser.add_argument("--workers", type=int, default=R.workers, help="distributed: worker processes (devices)")
     parser.add_argument("--placement", choices=PLACEMENTS, default=R.placement,
                         help="distributed: blocks (block b on worker b mod W, Block Cascading's) or tokens (every "
-                             "worker runs every item on its share of the tokens: sequence parallelism)")
+                             "worker runs every item on its share of the tokens: sequence parallelism); default: "
+                             "blocks, or tokens for a run whose ticks are one forward of several blocks (--joint, "
+                             "a serial run's switch pass), which only tokens runs")
     parser.add_argument("--threads", type=int, default=R.threads, help="torch intra-op threads (per worker)")
     parser.add_argument("--bwcache", action="store_true", help="reuse transformer-block features across steps")
     parser.add_argument("--bwcache-threshold", type=float, default=R.bwcache_threshold,

@@ -27,7 +27,7 @@ from .model.context_parallel import TokenParallel
 from .model.kv_cache import KVCache, window_frames
 from .model.presets import LatentLayout
 from .sampling import FlowMatchSampler, item_noise
-from .schedule import PromptSchedule, Schedule, WorkItem, check_prompt_schedule
+from .schedule import PromptSchedule, Schedule, WorkItem, check_prompt_schedule, is_switch_pass
 
 ProgressFn = Callable[[float, str], None]
 # on_block(block, frames uint8 [T, H, W, 3], seconds since the run started when they were ready)
@@ -136,7 +136,7 @@ class DenoiseJob:
     def one_forward(self, items: Sequence[WorkItem]) -> bool:
         """Whether ``items`` (a tick) run as one forward of consecutive blocks attending to each
         other both ways: a joint job's tick, or a switch pass, whatever the job."""
-        return self.joint or (len(items) > 1 and all(item.switch is not None for item in items))
+        return self.joint or is_switch_pass(items)
 
     @torch.no_grad()
     def run(self, items: Sequence[WorkItem], inputs: Sequence[torch.Tensor], cache: KVCache) -> list[torch.Tensor]:

@@ -17,8 +17,14 @@ The bound of each backend follows from how it runs a schedule:
   (``PlanBackend.forward_seconds``); joint: one forward of ``n`` consecutive blocks, likewise;
 - unbatched on one device: one forward per item, so no cascade is faster than its items;
 - pool, ``tokens`` placement (sequence parallelism): every worker runs every item on its share of
-  the tokens, so an item costs 1/W of a forward if exchanging Q/K/V were free; once a run has
+  the tokens, so an item costs 1/W of a forward if exchanging Q/K/V were free; a joint tick, one
+  forward there too, 1/W of that forward's measured cost on one worker. A joint plan on a pool
+  needs it: the ``blocks`` placement runs each worker's own blocks item by item. Once a run has
   measured its exchanges, ``bound_with_communication`` counts them too.
+
+Costs are counted in forwards of one block: a tick run as one forward of ``n`` blocks counts as
+its measured seconds over one block's, so a run priced by forwards and one priced by measured
+ticks share the unit.
 
 The default plan (``choose_plan``) is the fastest on the backend whose measured quality (the
 model folder's table of held-out evaluations) is within ``QUALITY_MARGIN`` of serial at the same
@@ -36,6 +42,10 @@ from .schedule import Schedule, make_schedule
 
 QUALITY_SCORES = ("colour", "shape", "motion", "one_object")  # the analyzer's accuracies (flicker is no share)
 QUALITY_MARGIN = 0.02  # how far below serial a plan may score on any of them
+# a pool's blocks placement and a tick that is one forward of several blocks
+BLOCKS_REFUSES_ONE_FORWARD = ("placement blocks runs each worker's own blocks item by item, but this run has ticks "
+                              "that are one forward of several blocks (a joint cascade, or a serial run's switch "
+                              "pass): use placement tokens, or leave placement unset")
 
 
 @dataclass(frozen=True)
@@ -93,19 +103,19 @@ def pool_forwards(schedule: Schedule, workers: int) -> int:
 
 
 def run_cost(schedule: Schedule, backend: PlanBackend, joint: bool = False) -> float:
-    """What ``schedule`` costs on ``backend`` with free communication, in seconds where forwards
-    were measured (one device, batched or joint), else in forwards."""
-    if backend.splits_tokens:  # each item's forward shared by every worker, one item after another
-        return schedule.num_items / backend.workers
-    if backend.executor == "distributed":
+    """What ``schedule`` costs on ``backend`` with free communication, in forwards of one block
+    (a tick run as one forward counts its measured seconds over one block's)."""
+    if backend.executor == "distributed" and not backend.splits_tokens:
+        if joint:
+            raise ValueError(BLOCKS_REFUSES_ONE_FORWARD)
         return pool_forwards(schedule, backend.workers)
-    one_forward_per_tick = joint or backend.executor == "batched"
-    if not one_forward_per_tick:
-        return schedule.num_items
+    share = backend.workers if backend.splits_tokens else 1  # tokens: each forward shared by every worker
+    if not (joint or backend.executor == "batched"):
+        return schedule.num_items / share
     seconds = backend.forward_seconds
     if seconds is None:
         raise ValueError("a batched or joint plan's bound needs the measured cost of its forwards")
-    return sum(seconds(len(tick), joint) for tick in schedule.ticks)
+    return sum(seconds(len(tick), joint) for tick in schedule.ticks) / seconds(1, False) / share
 
 
 def bound(serial: Schedule, schedule: Schedule, backend: PlanBackend, joint: bool = False) -> float:
@@ -154,7 +164,8 @@ def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: 
     where = f"on {backend.describe()}"
     line = f"{plan.name} {where}: {schedule.num_ticks} ticks, at most {bound_value:.2f}× here"
     if backend.splits_tokens:
-        return line + ", every worker on its share of each forward's tokens"
+        joint = ", each tick one joint forward whose cost was measured on one worker" if plan.joint else ""
+        return line + ", every worker on its share of each forward's tokens" + joint
     if backend.executor == "distributed":
         busiest = max(busiest_worker(tick, backend.workers) for tick in schedule.ticks)
         return line + (", one item per worker per tick" if busiest == 1 else
@@ -164,9 +175,13 @@ def describe(plan: Plan, schedule: Schedule, backend: PlanBackend, bound_value: 
     return line + ", one item at a time: a cascade cannot be faster here"
 
 
-def assumptions(backend: PlanBackend, bwcache: bool) -> str:
+def assumptions(backend: PlanBackend, bwcache: bool, joint: bool = False) -> str:
     """What a bound assumes, in one line."""
-    if backend.splits_tokens:
+    if backend.splits_tokens and joint:
+        text = ("“at most” assumes exchanging Q/K/V inside each forward takes no time: serial's forwards over "
+                "the schedule's ticks, each one joint forward priced at its measured cost on one worker and "
+                "shared by the workers")
+    elif backend.splits_tokens:
         text = ("“at most” assumes exchanging Q/K/V inside each forward takes no time: serial's forwards over "
                 "the schedule's items, each shared by the workers")
     elif backend.executor == "distributed":
@@ -225,9 +240,8 @@ def choose_plan(blocks: int, steps: int, backend: PlanBackend, *, window: int | 
     device, the window the measured batch costs favour) and a quarter of the steps as stride."""
     defaults = defaults or {}
     fixed = {"window": window, "stride": stride, "recache": recache, "joint": joint}
-    if backend.executor == "distributed" and joint:
-        raise ValueError("the joint variant runs a tick as one forward on one device: use the local or "
-                         "batched executor")
+    if backend.executor == "distributed" and joint and not backend.splits_tokens:
+        raise ValueError(BLOCKS_REFUSES_ONE_FORWARD)
     measured = _measured_plan(blocks, steps, backend, fixed, table)
     if measured is not None:
         return measured
@@ -241,7 +255,8 @@ def _measured_plan(blocks, steps, backend, fixed, table) -> Plan | None:
     ranked = []  # (bound, -ticks, stride, causal): higher is better; then the window and the entry
     for entry in cascades.values():
         knobs = {name: entry[name] for name in ("window", "stride", "recache", "joint")}
-        if (backend.executor == "distributed" and knobs["joint"]) or any(
+        # a pool runs a joint plan when asked to (on the tokens placement), never by its own choice
+        if (backend.executor == "distributed" and knobs["joint"] and not fixed["joint"]) or any(
                 value is not None and value != knobs[name] for name, value in fixed.items() if name != "window"):
             continue
         items = steps + int(knobs["recache"])
@@ -279,7 +294,7 @@ def _rule_plan(blocks, steps, backend, fixed, defaults, had_table: bool) -> Plan
         stride = min(max(1, steps // 4), steps + int(recache))
         sources["stride"] = "a quarter of the steps"
     window = chosen["window"]
-    if backend.executor == "distributed" and fixed["window"] is None:
+    if backend.executor == "distributed" and not joint and fixed["window"] is None:  # a joint tick is one forward
         sources["window"] = ("the model's own, fitted to the workers" if window else "one block in flight per worker")
         window = min(window or backend.workers, backend.workers)
     elif window is None:

@@ -58,6 +58,12 @@ class WorkItem(NamedTuple):
         return None
 
 
+def is_switch_pass(tick: Sequence[WorkItem]) -> bool:
+    """Whether ``tick`` is a switch pass: the switch recaches of several blocks, which LongLive
+    re-encodes in one forward."""
+    return len(tick) > 1 and all(item.switch is not None for item in tick)
+
+
 def switch_step(block: int) -> str:
     """The step name of a switch recache for the prompt that starts at ``block``."""
     return f"{SWITCH}{block}"
@@ -86,6 +92,12 @@ class Schedule:
     @property
     def max_parallel(self) -> int:
         return max(len(tick) for tick in self.ticks)
+
+    @property
+    def has_one_forward_ticks(self) -> bool:
+        """Whether some tick runs as one forward of consecutive blocks attending to each other both
+        ways: every tick of a joint schedule, or a serial schedule's switch pass."""
+        return self.joint or any(is_switch_pass(tick) for tick in self.ticks)
 
     def block_items(self, block: int) -> list[WorkItem]:
         """The items of one block in the order a block must run them."""

@@ -43,7 +43,8 @@ from .model.placement import pool_workers
 from .model.presets import (CascadeModel, PresetLoader, available_models, default_model_name, load_model,
                              preset_status)
 from .pipeline import BlockCausalPipeline, PipelineOutput, ProgressFn, switch_recache_plan
-from .plan import Plan, PlanBackend, assumptions, bound, bound_with_communication, choose_plan, describe, tick_ratio
+from .plan import (BLOCKS_REFUSES_ONE_FORWARD, Plan, PlanBackend, assumptions, bound, bound_with_communication,
+                   choose_plan, describe, tick_ratio)
 from .schedule import PromptSchedule, WorkItem, check_prompt_schedule, make_schedule, parse_prompt_schedule
 from .worlds import judge_of
 
@@ -136,8 +137,9 @@ class GenerateRequest:
     kv_exchange: str = "auto"  # distributed: how K/V move between workers (see backend/kv_exchange.py)
     prompt_schedule: PromptSchedule | None = None
     # distributed: "blocks" (block b on worker b mod W) or "tokens" (every worker runs every item
-    # on its share of the tokens: sequence parallelism, see cascade/model/context_parallel.py)
-    placement: str = "blocks"
+    # on its share of the tokens: sequence parallelism, see cascade/model/context_parallel.py);
+    # None: planned, "blocks" but for a run with ticks of one forward of several blocks (``run_placement``)
+    placement: str | None = None
     # compare: the runs made, serial and cascade always; "sequence" adds SEQUENCE_LABEL's (a pool only)
     runs: tuple[str, ...] = DEFAULT_RUNS
 
@@ -156,7 +158,7 @@ class GenerateRequest:
         Values are quoted cut short (``reprlib``): a visitor may send anything, of any length."""
         self._check_prompts()
         for name, allowed in (("mode", (None, *MODES)), ("executor", EXECUTORS), ("kv_exchange", KV_EXCHANGES),
-                              ("placement", PLACEMENTS)):
+                              ("placement", (None, *PLACEMENTS))):
             value = getattr(self, name)
             if value not in allowed:
                 named = ", ".join(a for a in allowed if a is not None)
@@ -171,7 +173,8 @@ class GenerateRequest:
         if self.placement == "tokens" and self.executor != "distributed":
             raise ValueError("placement tokens spreads every item over a pool's workers: use the distributed executor")
         self._check_runs()
-        self._check_joint()
+        if self.joint and self.mode != "serial" and self.executor == "distributed" and self.placement == "blocks":
+            raise ValueError(BLOCKS_REFUSES_ONE_FORWARD)
 
     def _check_prompts(self) -> None:
         if self.prompt_schedule is not None:
@@ -203,11 +206,6 @@ class GenerateRequest:
         if "sequence" in runs and self.executor != "distributed":
             raise ValueError("the sequence run splits every forward over a pool's workers: use the distributed executor")
 
-    def _check_joint(self) -> None:
-        if self.joint and self.mode != "serial" and self.executor == "distributed":
-            raise ValueError("the joint variant runs a tick as one forward on one device: use the local or "
-                             "batched executor")
-
     def resolved(self, model: CascadeModel, backend: PlanBackend | None = None) -> "GenerateRequest":
         """Every setting made concrete for ``model``; raises ValueError where they do not fit.
         The knobs left unset are planned for ``backend`` (default: the request's executor and
@@ -232,14 +230,35 @@ class GenerateRequest:
             raise ValueError(f"stride must be at most the items per block ({request.steps} steps"
                              f"{' + recache' if recache else ''} = {request.steps + int(recache)}), "
                              f"got {request.stride}")
-        backend = backend or PlanBackend(request.executor, request.workers)
+        backend = backend or PlanBackend(request.executor, request.workers, placement=request.plan_placement(model))
         if request.mode == "serial":  # one item per tick whatever the backend: only recache matters
             backend = PlanBackend("local")
         plan = choose_plan(request.blocks, request.steps, backend, **{k: getattr(request, k) for k in PLAN_KNOBS},
                            table=model.measured_plans, defaults=model.run_defaults)
         request = replace(request, **{k: getattr(plan, k) for k in PLAN_KNOBS})
-        request._check_joint()
-        return request, plan
+        return replace(request, placement=request.run_placement(model)), plan
+
+    def asks_joint(self, model: CascadeModel) -> bool:
+        """Whether this request's cascade is joint as set, else as ``model`` runs by default (a pool's
+        plan never makes it joint of its own accord)."""
+        return bool(model.run_defaults.get("joint")) if self.joint is None else self.joint
+
+    def plan_placement(self, model: CascadeModel) -> str:
+        """The placement a plan for this request is fitted to, before the plan is known: as set, else
+        ``tokens`` for a joint cascade on a pool (``run_placement`` then settles it), else ``blocks``."""
+        joint_on_pool = self.executor == "distributed" and self.asks_joint(model)
+        return self.placement or ("tokens" if joint_on_pool else "blocks")
+
+    def run_placement(self, model: CascadeModel) -> str:
+        """The placement this request (its schedule's knobs resolved) runs with: as set, else
+        ``blocks``, but ``tokens`` on a pool for a run with ticks that are one forward of several
+        blocks (a joint cascade, a serial run's switch pass), which only the tokens placement runs."""
+        if self.executor != "distributed":
+            return self.placement or "blocks"
+        one_forward = self.schedule(model).has_one_forward_ticks
+        if one_forward and self.placement == "blocks":
+            raise ValueError(BLOCKS_REFUSES_ONE_FORWARD)
+        return self.placement or ("tokens" if one_forward else "blocks")
 
     @property
     def items_per_block(self) -> int:
@@ -585,15 +604,16 @@ class Service:
         request a user makes is timed like every later one: on a GPU, every executor's first CUDA
         kernels (and a pool's first NCCL exchange) run here. ``executors``: more executors a
         caller will offer besides the request's own (a page's one-device backend beside its pool),
-        each warmed with the request's model and video on it, the schedule's knobs planned for it
-        as a page leaves them; a one-device executor that is not the request's own uses the whole
+        each warmed with the request's model and video on it, the schedule's knobs and placement
+        planned for it as a page leaves them; a one-device executor that is not the request's own uses the whole
         device (``threads`` None), as a page's one-device backend does. The short runs keep the
         video's geometry (so pools reuse their K/V caches) and run one step per block. A pool's
         comparison runs its serial side on one device (``local``) as well, and its sequence run
         (the tokens placement) when the request's runs name it."""
         request = replace(request or GenerateRequest(prompt=WARM_UP_PROMPT), mode="cascade")
         others = [replace(request, executor=e, threads=None if e != "distributed" else request.threads,
-                          runs=request.runs if e == "distributed" else DEFAULT_RUNS, **dict.fromkeys(PLAN_KNOBS))
+                          runs=request.runs if e == "distributed" else DEFAULT_RUNS, placement=None,
+                          **dict.fromkeys(PLAN_KNOBS))
                   for e in dict.fromkeys(executors) if e != request.executor]
         for each in (request, *others):  # a request that cannot run fails here, before the warm-up's work
             self.resolve(each)
@@ -618,14 +638,24 @@ class Service:
         return request, model, plan
 
     def _plan_backend(self, request: GenerateRequest, model: CascadeModel) -> PlanBackend:
-        """What ``request``'s plan is fitted to; on one device, with the forward costs measured there
+        """What ``request``'s plan is fitted to; on one device, and for a joint plan on a pool (its
+        tokens placement), with the forward costs measured here with the threads one worker has
         (each size once per service, the first time a plan needs it: the warm-up's plan at start)."""
-        if request.executor == "distributed":
-            return PlanBackend("distributed", request.workers, placement=request.placement)
-        key = (model.name, request.threads)
+        if request.executor != "distributed":
+            return PlanBackend(request.executor, 1, self._forward_costs_of(model, request.threads))
+        from .backend.pool import worker_threads  # deferred: it pulls in multiprocessing set-up
+
+        placement = request.plan_placement(model)
+        costs = None
+        if placement == "tokens" and request.asks_joint(model):
+            costs = self._forward_costs_of(model, worker_threads(self.device, request.workers, request.threads))
+        return PlanBackend("distributed", request.workers, costs, placement=placement)
+
+    def _forward_costs_of(self, model: CascadeModel, threads: int | None) -> ForwardCosts:
+        key = (model.name, threads)
         if key not in self._forward_costs:
-            self._forward_costs[key] = ForwardCosts(model, request.threads)
-        return PlanBackend(request.executor, 1, self._forward_costs[key])
+            self._forward_costs[key] = ForwardCosts(model, threads)
+        return self._forward_costs[key]
 
     def _check_limits(self, request: GenerateRequest) -> None:
         """Blocks and steps within ``limits`` (checked once the model's defaults are filled in)."""
@@ -802,7 +832,7 @@ def plan_figures(plan: Plan, request: GenerateRequest, model: CascadeModel, back
                "joint": plan.joint, "placement": request.placement if backend.executor == "distributed" else "one device",
                "executor": backend.executor, "workers": backend.workers, "ticks": schedule.num_ticks,
                "bound": reach, "tick_ratio": tick_ratio(serial, schedule), "bwcache_cut": cut, "reason": plan.reason,
-               "summary": describe(plan, schedule, backend, reach), "assumes": assumptions(backend, cut != 1.0)}
+               "summary": describe(plan, schedule, backend, reach), "assumes": assumptions(backend, cut != 1.0, plan.joint)}
     if isinstance(backend.forward_seconds, ForwardCosts):  # the costs measured on this service's device
         figures["forward_ms"] = backend.forward_seconds.as_dict()
     return figures

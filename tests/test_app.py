@@ -95,6 +95,8 @@ def test_page_settings_make_the_request_they_show():
     assert (request.blocks, request.steps, request.window, request.stride, request.threads) == (8, 4, 4, 2, None)
     pooled = offer().request("a red circle", *page_values())
     assert (pooled.executor, pooled.workers, pooled.joint, pooled.threads) == ("distributed", 2, False, 1)
+    joint = offer().request("a red circle", *page_values(variant="joint"))  # the service plans its placement: tokens
+    assert (joint.executor, joint.joint, joint.placement) == ("distributed", True, None)
 
 
 def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_own_steps(served):
@@ -123,7 +125,6 @@ def test_planned_settings_are_left_to_the_service_and_planned_from_the_requests_
     ("a red circle", {"threshold": -0.1}, "the BWCache threshold must be a number from 0 to 1.0, got -0.1"),
     ("a red circle", {"threshold": math.nan}, "the BWCache threshold must be a number from 0 to 1.0, got nan"),
     ("a red circle", {"backend": "cluster"}, "backend must be one of pool, batched"),
-    ("a red circle", {"variant": "joint"}, "the joint variant runs a tick as one forward on one device"),
 ])
 def test_bad_settings_get_one_clear_line(prompt, changes, message):
     with pytest.raises(ValueError) as raised:

@@ -469,13 +469,24 @@ def test_causvid_refuses_a_video_longer_than_it_has_a_rule_for(offline_hub, tmp_
         BlockCausalPipeline(model)("a red cat", make_schedule(8, 3), LocalExecutor())
 
 
-def test_rolling_forcing_on_a_pool_is_refused_in_one_line(offline_hub, tmp_path):
-    """Its joint window is one forward of every block in flight, and the next window needs its
-    cache pass: nothing for a second worker to run beside it, so a pool refuses it before any work."""
-    from cascade.service import GenerateRequest, Service
+def test_rolling_forcing_compares_on_a_pool_with_its_joint_window_on_the_tokens_placement(offline_hub, tmp_path):
+    """Its joint window is one forward of every block in flight: on a pool every worker runs it on
+    its share of the tokens (planned when the placement is left unset), its serial side on one
+    device as every pool comparison does. The workers load the preset's generator from a folder
+    converted for it (the stand-in Hub cache is this process's only)."""
+    from cascade.service import UNLIMITED, GenerateRequest, Service
 
-    with Service(output_root=tmp_path, device="cpu") as service:
-        with pytest.raises(ValueError, match="^the joint variant runs a tick as one forward on one device: use the "
-                                             "local or batched executor$"):
-            service.compare(GenerateRequest(prompt="a red cat", model="rolling-forcing-1.3b", blocks=2,
-                                            executor="distributed", workers=2))
+    _, expected = offline_hub
+    name = "rolling-forcing-1.3b"
+    folder = convert.write_transformer_folder(tmp_path / "rf", expected[name], TINY_TRANSFORMER, {"preset": name})
+    with Service(output_root=tmp_path / "out", device="cpu", limits=UNLIMITED) as service:
+        result = service.compare(GenerateRequest(prompt="a red cat", model=str(folder), blocks=2,
+                                                 executor="distributed", workers=2, threads=1))
+    serial, cascade, plan = result.stats["serial"], result.stats["cascade"], result.stats["plan"]
+    defaults = HUB_PRESETS[name].run_defaults
+    assert (cascade["executor"], cascade["placement"], cascade["workers"]) == ("distributed", "tokens", 2)
+    assert (cascade["window"], cascade["stride"], cascade["joint"]) == (defaults["window"], defaults["stride"], True)
+    assert (serial["placement"], serial["joint"]) == ("one device", False)
+    assert (plan["placement"], plan["joint"]) == ("tokens", True) and "joint" in plan["forward_ms"]
+    assert cascade["model_calls"] == cascade["ticks"]  # each tick one forward, on every worker
+    assert result.serial.frames.shape == result.cascade.frames.shape == (1 + 4 * (3 * 2 - 1), 32, 32, 3)

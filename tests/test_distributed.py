@@ -264,7 +264,8 @@ def test_pool_is_reused_across_runs(model, pool):
 def test_refused_jobs_leave_the_pool_running(model, pool):
     pids = pool.worker_pids
     schedule = SCHEDULES["cascade-window2-recache"]
-    with pytest.raises(ValueError, match="joint"):
+    with pytest.raises(ValueError, match="^a joint job runs each tick as one forward of its blocks, which the blocks "
+                                         "placement spreads over workers: use placement tokens$"):
         pool.execute(dataclasses.replace(make_job(model, schedule), joint=True), schedule)
     torch.manual_seed(1)
     other = CausalWanTransformer(**TINY).eval()

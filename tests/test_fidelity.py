@@ -5,7 +5,8 @@ none of our cache, context plan, RoPE offsets, schedules or timestep code: each 
 buffer with the upstream slot arithmetic, rotates with Wan's complex RoPE in float64 and takes
 its timesteps from the originals' float32 grid. Only the transformer's weights and modules (its
 projections, norms, modulation and feed-forward) are shared, under attention processors of the
-reference's own.
+reference's own. Ours runs on the local and batched executors and on a pool's tokens placement
+(2 workers, Ulysses attention); Rolling Forcing also on 3 torchrun ranks of Ring attention.
 
 - Rolling Forcing (TencentARC/RollingForcing): ``pipeline/rolling_forcing_inference.py``,
   ``inference_rolling_forcing``: windows of up to 5 blocks at staggered timesteps in one forward,
@@ -29,14 +30,20 @@ reference's own.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cascade.backend import LocalExecutor
 from cascade.backend.local import torch_threads
+from cascade.backend.pool import DistributedExecutor
 from cascade.model.base import LatentLayout
 from cascade.model.checkpoints import HUB_PRESETS
 from cascade.model.kv_cache import KVCache
@@ -58,16 +65,49 @@ def one_thread():
         yield
 
 
-@pytest.fixture(scope="module")
-def transformer():
+def fidelity_transformer():
+    """The tiny random generator every comparison here runs."""
     model = random_generator(31)
     model.sinusoid_dtype = torch.float64  # as the presets run (the original Wan's sinusoid)
     return model
 
 
+def prompt_embedding() -> torch.Tensor:
+    return torch.randn(1, 8, TINY_TRANSFORMER["text_dim"], generator=torch.Generator().manual_seed(2))
+
+
+@dataclass(frozen=True)
+class FidelityLoader:
+    """A pool worker's replica of ``fidelity_transformer`` (picklable)."""
+
+    def __call__(self, device: torch.device):
+        return fidelity_transformer().to(device)
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return fidelity_transformer()
+
+
 @pytest.fixture(scope="module")
 def text():
-    return torch.randn(1, 8, TINY_TRANSFORMER["text_dim"], generator=torch.Generator().manual_seed(2))
+    return prompt_embedding()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """Two workers on the tokens placement: Ulysses attention, the tiny model's 2 heads one each."""
+    with DistributedExecutor(FidelityLoader(), workers=2, threads_per_worker=1) as executor:
+        yield executor.placed("tokens")
+
+
+ONE_DEVICE = {"local": LocalExecutor(), "batched": LocalExecutor(batched=True)}
+
+
+@pytest.fixture
+def executor(request):
+    """The executor a test names: one device, one item at a time or batched, or the pool."""
+    return request.getfixturevalue("pool") if request.param == "pool" else ONE_DEVICE[request.param]
 
 
 # ----------------------------------------------------------------------------- upstream pieces
@@ -362,12 +402,56 @@ def ours(job: DenoiseJob, schedule, executor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("blocks", [7, 10])
-@pytest.mark.parametrize("executor", [LocalExecutor(), LocalExecutor(batched=True)], ids=["local", "batched"])
+@pytest.mark.parametrize("executor", ["local", "batched", "pool"], indirect=True)
 def test_rolling_forcing_equals_its_own_inference_loop(transformer, text, blocks, executor):
+    """On the pool, every worker runs each window as one forward on its share of the tokens."""
     expected, _ = rolling_forcing_reference(transformer, text, blocks)
-    got = ours(rolling_forcing_job(transformer, text, blocks), rolling_forcing_schedule(blocks), executor)
+    job, schedule = rolling_forcing_job(transformer, text, blocks), rolling_forcing_schedule(blocks)
+    result = executor.execute(job, schedule)
+    got = torch.cat(result.latents, dim=2)
     assert got.shape == expected.shape == (1, LAYOUT.channels, BLOCK * blocks, *LATENT)
     assert (got - expected).abs().max().item() <= BAR
+    assert result.model_calls == schedule.num_ticks  # a tick, one forward
+    if executor.name != "local":
+        assert (got - ours(job, schedule, LocalExecutor())).abs().max().item() <= BAR
+
+
+RING_RANKS = """
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, sys.argv[1])
+from cascade.backend.rank import RankExecutor
+from test_fidelity import fidelity_transformer, prompt_embedding, rolling_forcing_job, rolling_forcing_schedule
+
+dist.init_process_group("gloo")
+blocks = int(sys.argv[3])
+job = rolling_forcing_job(fidelity_transformer(), prompt_embedding(), blocks)
+result = RankExecutor("cpu", placement="tokens").execute(job, rolling_forcing_schedule(blocks))
+if dist.get_rank() == 0:
+    np.save(sys.argv[2], torch.cat(result.latents, dim=2).numpy())
+dist.barrier()  # no rank tears its groups down while another still writes
+dist.destroy_process_group()
+"""
+
+
+def test_rolling_forcing_on_three_ranks_of_ring_attention(transformer, text, tmp_path):
+    """Ring attention on 3 torchrun ranks (the 2 heads do not divide by 3), each frame's 4 tokens
+    shared 2, 1, 1: each rank keeps, and at 10 blocks rotates, its own tokens of the anchor."""
+    blocks, tests = 10, Path(__file__).resolve().parent
+    script, out = tmp_path / "ranks.py", tmp_path / "latents.npy"
+    script.write_text(RING_RANKS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(script),
+               str(tests), str(out), str(blocks)]
+    env = {**os.environ, "PYTHONPATH": str(tests.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tests.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.from_numpy(np.load(out))
+    local = ours(rolling_forcing_job(transformer, text, blocks), rolling_forcing_schedule(blocks), LocalExecutor())
+    assert (got - local).abs().max().item() <= BAR
 
 
 def test_rolling_forcing_attends_where_its_loop_does(transformer, text):
@@ -456,9 +540,10 @@ def test_the_self_forcing_family_equals_its_own_inference_loop(transformer, text
 
 
 @pytest.mark.parametrize("switch_block", [3, 5, 8], ids=["at 9 frames", "at 15 frames", "at 24 frames"])
-def test_longlive_switches_prompts_as_its_own_loop_does(transformer, text, switch_block):
+def test_longlive_switches_prompts_as_its_own_loop_does(transformer, text, pool, switch_block):
     """The switch pass: the last min(12, frames so far) frames at t = 0 under the new prompt in one
-    forward, attending to each other both ways; past 12 frames the sinks keep their K/V."""
+    forward, attending to each other both ways; past 12 frames the sinks keep their K/V. The pool
+    runs it on its tokens placement, every worker the whole pass on its share of the tokens."""
     from types import SimpleNamespace
 
     from cascade.pipeline import switch_recache_blocks
@@ -471,7 +556,7 @@ def test_longlive_switches_prompts_as_its_own_loop_does(transformer, text, switc
     schedule = make_schedule(blocks, 4, switch_recache={switch_block: passed})
     assert [list(tick) for tick in schedule.ticks if tick[0].switch is not None] == [
         [item for item in schedule.switch_items(switch_block)]]  # one tick, one forward
-    for executor in (LocalExecutor(), LocalExecutor(batched=True)):
+    for executor in (*ONE_DEVICE.values(), pool):
         job = DenoiseJob(transformer=transformer, text=torch.cat([text, new_prompt]), sampler=preset.sampler(),
                          layout=LAYOUT, num_blocks=blocks, seed=SEED, local_window=preset.local_window,
                          sink_frames=preset.sink_frames, prompts=schedule.item_prompts([switch_block]))

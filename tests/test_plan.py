@@ -44,6 +44,30 @@ def test_pool_bound_equals_a_simulation_of_the_pool_loop(blocks, steps, window, 
     assert bound(serial, schedule, PlanBackend("distributed", workers)) <= min(workers, serial.num_ticks / schedule.num_ticks) + 1e-9
 
 
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.integers(1, 10), steps=st.integers(1, 6), window=st.integers(1, 8), stride=st.integers(1, 7),
+       workers=st.integers(1, 5), first=st.floats(0.01, 2.0), growth=st.lists(st.floats(0.0, 2.0), min_size=7, max_size=7))
+def test_joint_tokens_bound_equals_a_simulation_of_the_tokens_loop(blocks, steps, window, stride, workers, first,
+                                                                   growth):
+    """The tokens placement with free exchanges: in each tick every worker runs the tick's one joint
+    forward on its 1/W of the tokens, 1/W of that forward's measured seconds on one worker; serial
+    runs every item on one worker, a one-block forward each. Costs grow with the blocks of a forward."""
+    costs = [first]
+    for extra in growth:
+        costs.append(costs[-1] + extra)
+    seconds = lambda n, joint: costs[n - 1]  # noqa: E731
+    stride = min(stride, steps + 1)
+    schedule = make_schedule(blocks, steps, window=window, stride=stride, recache=True, joint=True)
+    serial = make_schedule(blocks, steps)
+    simulated = sum(costs[len(tick) - 1] / workers for tick in schedule.ticks)
+    reach = bound(serial, schedule, PlanBackend("distributed", workers, seconds, placement="tokens"), joint=True)
+    assert reach == pytest.approx(serial.num_items * first / simulated)
+    # W times the one-device joint bound, in the same unit (a forward of one block), and no more
+    # than W times the tick ratio: no tick of one forward costs less than a one-block forward
+    assert reach == pytest.approx(workers * bound(serial, schedule, PlanBackend("local", 1, seconds), joint=True))
+    assert reach <= workers * serial.num_ticks / schedule.num_ticks + 1e-9
+
+
 def test_the_issues_figures():
     serial = make_schedule(8, 4)
     pool = PlanBackend("distributed", 2)
@@ -81,5 +105,19 @@ def test_knobs_a_request_sets_are_kept_and_the_rest_planned_from_its_own_steps()
     assert choose_plan(8, 16, pool).stride == 4  # no table: a quarter of the request's steps
     hub = choose_plan(7, 4, PlanBackend("distributed", 4), defaults={"window": 6, "recache": True})
     assert hub.window == 4  # the model's own window, fitted to the workers
-    with pytest.raises(ValueError, match="joint variant runs a tick as one forward"):
+    with pytest.raises(ValueError, match="^placement blocks runs each worker's own blocks item by item, but this "
+                                         r"run has ticks that are one forward of several blocks \(a joint cascade, or "
+                                         r"a serial run's switch pass\): use placement tokens, or leave placement unset$"):
         choose_plan(8, 4, pool, joint=True, table=TABLE)
+
+
+def test_a_joint_plan_on_a_pool_runs_on_its_tokens_placement_with_its_own_window():
+    """Rolling Forcing's own window (6 blocks, stride 1) is not fitted to the workers: every worker
+    runs each tick's one forward; without a window given, the fastest by the measured costs."""
+    tokens = PlanBackend("distributed", 2, lambda n, joint: 1.0 + 0.5 * (n - 1), placement="tokens")
+    rolling = choose_plan(7, 5, tokens, defaults={"mode": "cascade", "window": 6, "stride": 1, "joint": True,
+                                                  "recache": True})
+    assert (rolling.window, rolling.stride, rolling.joint) == (6, 1, True)
+    asked = choose_plan(8, 4, tokens, joint=True, stride=1, table=TABLE)
+    assert asked.joint and asked.window == 5  # every block that can fill: cheaper ticks than one block each
+    assert not choose_plan(8, 4, tokens, table=TABLE).joint  # a pool's plan is joint only when asked

@@ -288,6 +288,38 @@ def test_unset_settings_take_the_models_then_the_fallback_defaults():
     assert GenerateRequest(prompt="x", steps=16).resolved(load_model("random-tiny")).stride == 4
 
 
+BLOCKS_FOR_ONE_FORWARD = ("placement blocks runs each worker's own blocks item by item, but this run has ticks that "
+                          "are one forward of several blocks (a joint cascade, or a serial run's switch pass): use "
+                          "placement tokens, or leave placement unset")
+
+
+def test_a_pool_runs_ticks_of_one_forward_on_the_tokens_placement_and_the_rest_on_blocks():
+    """Left unset, a pool's placement is blocks, but tokens for a run with ticks of one forward of
+    several blocks (a joint cascade, a serial switch pass over two blocks or more), which the blocks
+    placement cannot run: set to blocks, such a run is refused in one line."""
+    model = load_model("random-tiny")
+    pool = replace(SMALL, executor="distributed", workers=2)
+    assert pool.placement is None and replace(pool, mode="cascade").resolved(model).placement == "blocks"
+    joint = replace(pool, mode="cascade", joint=True).resolved(model)
+    assert (joint.joint, joint.placement) == (True, "tokens")
+    switch = replace(pool, mode="serial", prompt="", prompt_schedule=((0, "a red ball"), (2, "a blue box")))
+    assert switch.resolved(model).placement == "tokens"  # blocks 0 and 1 re-encoded in one forward
+    one_block = replace(switch, prompt_schedule=((0, "a red ball"), (1, "a blue box")))
+    assert one_block.resolved(model).placement == "blocks"  # block 0 alone: an ordinary item
+    assert replace(SMALL, mode="cascade", joint=True).resolved(model).placement == "blocks"  # one device
+    with pytest.raises(ValueError) as joint_refused:
+        replace(pool, mode="cascade", joint=True, placement="blocks").validate()  # before the model is loaded
+    with pytest.raises(ValueError) as switch_refused:
+        replace(switch, placement="blocks").resolved(model)
+    assert str(joint_refused.value) == str(switch_refused.value) == BLOCKS_FOR_ONE_FORWARD
+    model.run_defaults = {"mode": "cascade", "window": 6, "stride": 1, "joint": True, "recache": True}  # Rolling Forcing's
+    own = replace(pool, mode=None, blocks=7, window=None, stride=None).resolved(model)
+    assert (own.mode, own.window, own.stride, own.joint, own.placement) == ("cascade", 6, 1, True, "tokens")
+    with pytest.raises(ValueError) as default_refused:
+        replace(pool, mode=None, window=None, stride=None, placement="blocks").resolved(model)
+    assert str(default_refused.value) == BLOCKS_FOR_ONE_FORWARD
+
+
 def test_loading_a_model_leaves_the_callers_random_state_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)

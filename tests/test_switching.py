@@ -248,13 +248,19 @@ def pool():
         yield executor
 
 
-def test_a_pool_refuses_a_switch_pass_in_one_line(tiny, pool):
-    """A serial switch pass is one forward of blocks that live on different workers; the pool
-    refuses it before any work and runs on afterwards."""
+def test_the_blocks_placement_refuses_a_switch_pass_in_one_line_and_tokens_runs_it(tiny, pool):
+    """A serial switch pass is one forward of blocks that live on different workers of the blocks
+    placement, which refuses it before any work, naming the placement that runs it: on tokens
+    every worker holds every block, and runs the pass as the local executor does."""
+    schedule = serial_with_switches(tiny, 5, 2, POOL_PROMPTS)
     with pytest.raises(ValueError, match="^a serial run with prompt switches re-encodes its recent blocks in one "
-                                         "forward .LongLive's switch pass., which needs every one of them on one "
-                                         "device: use LocalExecutor$"):
-        BlockCausalPipeline(tiny)(POOL_PROMPTS, serial_with_switches(tiny, 5, 2, POOL_PROMPTS), pool, seed=SEED)
+                                         "forward .LongLive's switch pass., which the blocks placement spreads over "
+                                         "workers: use placement tokens$"):
+        BlockCausalPipeline(tiny)(POOL_PROMPTS, schedule, pool, seed=SEED)
+    tokens = BlockCausalPipeline(tiny)(POOL_PROMPTS, schedule, pool.placed("tokens"), seed=SEED)
+    local = BlockCausalPipeline(tiny)(POOL_PROMPTS, schedule, LocalExecutor(threads=1), seed=SEED)
+    assert (tokens.latents - local.latents).abs().max().item() <= 1e-4
+    assert tokens.model_calls == local.model_calls == schedule.num_ticks  # each switch pass one forward
 
 
 @pytest.mark.parametrize("kind", ["cascade"])

@@ -46,7 +46,7 @@ from .fingerprint import same_fingerprint, weight_fingerprint
 from .fork_server import start_fork_server
 from .local import torch_threads
 from .rank import (COLLECTIVE_TIMEOUT_S, KV_EXCHANGES, TICK_TIMEOUT_S, RankExecutor, check_placement,
-                   refuse_one_device_forwards)
+                   refuse_one_forward_ticks)
 
 POLL_S = 0.1  # how often the parent looks at its workers while it waits
 FAILURE_GRACE_S = 1.0  # after a failure, how long to wait for the other workers' own reports
@@ -56,6 +56,14 @@ START_TIMEOUT_S = 600.0  # starting the workers, importing torch and loading a r
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity, which containers often narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_threads(device: str, workers: int, threads_per_worker: int | None) -> int | None:
+    """Each worker's intra-op threads: as given, else on the CPU its share of the cores (None on a
+    GPU: torch's own)."""
+    if device == "cpu":
+        return threads_per_worker or max(1, usable_cores() // workers)
+    return threads_per_worker
 
 
 @dataclass(frozen=True)
@@ -209,10 +217,7 @@ class DistributedExecutor:
         self.workers = workers
         self.device = device
         self.loader = loader
-        if device == "cpu":
-            self.threads = threads_per_worker or max(1, usable_cores() // workers)
-        else:
-            self.threads = threads_per_worker
+        self.threads = worker_threads(device, workers, threads_per_worker)
         self.collective_timeout_s = collective_timeout_s
         self.start_timeout_s = start_timeout_s
         self.tick_timeout_s = tick_timeout_s
@@ -333,12 +338,13 @@ class DistributedExecutor:
         the items spread over the workers (``RankExecutor.execute``; ``placed`` makes an executor
         of the pool with another placement).
 
-        Raises ValueError for a joint job or a switch pass (forwards for one device), or a model whose weights differ from the replicas,
-        RuntimeError naming the worker and the cause if a worker dies or fails, or if no tick
-        finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
+        Raises ValueError for a joint job or a switch pass on the blocks placement (forwards of
+        several blocks, which the tokens placement runs), or a model whose weights differ from the
+        replicas, RuntimeError naming the worker and the cause if a worker dies or fails, or if no
+        tick finishes within ``tick_timeout_s``; the pool is then stopped, and started afresh next run.
         """
-        refuse_one_device_forwards(job, schedule)
         check_placement(placement)
+        refuse_one_forward_ticks(job, schedule, placement)
         with self._lock:
             return self._execute(job, schedule, progress, on_block, placement)
 

@@ -24,8 +24,11 @@ tick.
 The ``tokens`` placement (sequence parallelism) uses the same loop the other way round: every
 worker runs every item, each on its share of the tokens, and the job's model exchanges Q/K/V
 inside each forward (``DenoiseJob.token_parallel``: diffusers' context parallelism); nothing moves
-between ticks, and only worker 0 hands on blocks, since every worker ends with every latent. Each
-tick's traffic is the time the worker's collectives took inside its forwards, as its model timed them.
+between ticks, and only worker 0 hands on blocks, since every worker ends with every latent. So a
+tick that is one forward of several blocks (``DenoiseJob.one_forward``: a joint job's tick,
+LongLive's switch pass) runs there as that one forward on every worker; the ``blocks`` placement,
+whose workers hold only their own blocks, refuses such ticks. Each tick's traffic is the time the
+worker's collectives took inside its forwards, as its model timed them.
 """
 
 from __future__ import annotations
@@ -53,14 +56,17 @@ KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory whe
 PLACEMENTS = ("blocks", "tokens")
 
 
-def refuse_one_device_forwards(job, schedule: Schedule) -> None:
-    """A pool runs a worker's items one by one: a forward of several blocks is for one device."""
+def refuse_one_forward_ticks(job, schedule: Schedule, placement: str) -> None:
+    """The blocks placement runs each worker's own blocks item by item: a forward of several
+    blocks needs them all on every worker, as the tokens placement has them."""
+    if placement != "blocks":
+        return
     if job.joint:
-        raise ValueError("a joint job runs a whole tick in one forward on one device; "
-                         "use LocalExecutor for the joint variant")
+        raise ValueError("a joint job runs each tick as one forward of its blocks, which the blocks placement "
+                         "spreads over workers: use placement tokens")
     if any(job.one_forward(tick) for tick in schedule.ticks):
         raise ValueError("a serial run with prompt switches re-encodes its recent blocks in one forward (LongLive's "
-                         "switch pass), which needs every one of them on one device: use LocalExecutor")
+                         "switch pass), which the blocks placement spreads over workers: use placement tokens")
 
 
 def check_placement(placement: str) -> None:
@@ -114,9 +120,9 @@ class RankExecutor:
         b mod W and exchanges K/V after each tick; "tokens" runs every item on every worker, each
         on its share of every frame's tokens (the job's ``token_parallel``: the attention
         exchanges Q/K/V within each forward, each worker keeps its share of the KV cache, every
-        worker ends with every latent). Its timeline has every worker's forwards, ``model_calls``
-        counts each item once and the session report is rank 0's (every rank takes the same
-        decisions: checked).
+        worker ends with every latent; a tick that is one forward runs as one). Its timeline has
+        every worker's forwards, ``model_calls`` counts each forward once and the session report is
+        rank 0's (every rank takes the same decisions: checked).
 
         ``on_block`` is accepted for the executor protocol and not called: a rank sees only its
         own blocks finish, so it cannot hand on every block in order (the pipeline decodes what
@@ -128,9 +134,9 @@ class RankExecutor:
         holds across machines. ``checked``: the caller made sure every rank holds the same
         weights and prompt embedding (the pool does); otherwise the ranks compare them first.
         """
-        refuse_one_device_forwards(job, schedule)
         placement = placement or self.placement
         check_placement(placement)
+        refuse_one_forward_ticks(job, schedule, placement)
         if not checked:
             self._check_same_job(job)
         tokens = None
@@ -187,23 +193,25 @@ class RankExecutor:
         calls = 0
         for tick_index, tick in enumerate(schedule.ticks):
             blocked = 0.0
-            for item in tick:
-                if exchange is not None and owner(item.block, self.workers) != self.rank:
-                    continue
-                if item.block not in current:
-                    current[item.block] = job.initial_latent(item.block, self.device)
+            for forward in self._forwards(job, tick, exchange):
+                for item in forward:
+                    if item.block not in current:
+                        current[item.block] = job.initial_latent(item.block, self.device)
                 waiting = clock()
                 if exchange is not None:
-                    exchange.receive(cache, frames_per_block, below=item.block)
+                    exchange.receive(cache, frames_per_block, below=forward[0].block)
                 self._sync()
                 start = clock()
                 blocked += start - waiting
-                (current[item.block],) = job.run((item,), [current[item.block]], cache)
+                outputs = job.run(forward, [current[item.block] for item in forward], cache)
                 self._sync()
-                timeline.append(TimelineEntry(item.block, item.step, self.rank, start, clock()))
+                end = clock()
                 calls += 1
-                if on_own_block is not None and schedule.is_final(item):
-                    on_own_block(item.block, current[item.block].cpu(), clock())
+                for item, output in zip(forward, outputs):
+                    current[item.block] = output
+                    timeline.append(TimelineEntry(item.block, item.step, self.rank, start, end))
+                    if on_own_block is not None and schedule.is_final(item):
+                        on_own_block(item.block, output.cpu(), clock())
             cache.commit()
             if exchange is not None:
                 posted = clock()
@@ -217,6 +225,14 @@ class RankExecutor:
         if exchange is not None:
             exchange.receive(cache, frames_per_block, below=None)
         return {block: latent.cpu() for block, latent in current.items()}, timeline, communication, calls
+
+    def _forwards(self, job, tick, exchange) -> list[tuple]:
+        """This rank's forwards of ``tick``: with an ``exchange`` (blocks), its own blocks' items one
+        by one; without one (tokens), every item, and a tick that is one forward as one, since
+        every worker holds every latent."""
+        if exchange is not None:
+            return [(item,) for item in tick if owner(item.block, self.workers) == self.rank]
+        return [tuple(tick)] if job.one_forward(tick) else [(item,) for item in tick]
 
     def _exchange_for(self, cache, schedule: Schedule, frames_per_block: int):
         """Shared memory when every worker can map the others' (kept across runs, remapped when
