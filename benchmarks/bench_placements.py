@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cascade.backend import LocalExecutor
 from cascade.backend.pool import DistributedExecutor
+from cascade.metrics import run_timing
 from cascade.model.presets import PresetLoader, load_model
 from cascade.pipeline import BlockCausalPipeline
 from cascade.plan import PlanBackend, bound
@@ -50,10 +51,11 @@ def at_pixels(model, side: int):
 
 
 def timed(model, schedule, executor, repeats: int):
-    """The median latency (first forward to last) of ``repeats`` runs after a warm-up, and the last run."""
+    """The median latency (``metrics.run_timing``'s, as the Service reports it) of ``repeats`` runs
+    after a warm-up, and the last run."""
     run = BlockCausalPipeline(model)
     runs = [run(PROMPT, schedule, executor, seed=0) for _ in range(repeats + 1)][1:]
-    latencies = [max(e.end for e in r.timeline) - min(e.start for e in r.timeline) for r in runs]
+    latencies = [run_timing(r.timeline, r.block_frames[-1], schedule.num_blocks)["latency_s"] for r in runs]
     return statistics.median(latencies), runs[-1]
 
 
