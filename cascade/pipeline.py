@@ -82,13 +82,15 @@ class DenoiseJob:
             yield report
             report["cross_attention_builds"] = cache.text_builds
 
-    def token_parallel(self, device, reuse: TokenParallel | None = None) -> TokenParallel:
+    def token_parallel(self, device, reuse: TokenParallel | None = None,
+                       ulysses_backend: str | None = None) -> TokenParallel:
         """This process's part in running every item on all processes of the initialised
         torch.distributed group, each on its share of every frame's tokens (the pool's ``tokens``
-        placement); collective. ``reuse``: an earlier run's, whose device mesh is kept."""
+        placement); collective. ``reuse``: an earlier run's, whose device mesh is kept;
+        ``ulysses_backend``: the torch.distributed backend Ulysses' exchanges take (default: the group's)."""
         lay = self.layout
         return TokenParallel(self.transformer, self.transformer.tokens_per_frame(lay.height, lay.width),
-                             torch.device(device), reuse=reuse)
+                             torch.device(device), reuse=reuse, ulysses_backend=ulysses_backend)
 
     @contextmanager
     def _bw_cache(self, report: dict):

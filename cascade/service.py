@@ -134,7 +134,7 @@ class GenerateRequest:
     threads: int | None = None
     bwcache: bool = False
     bwcache_threshold: float = 0.15
-    kv_exchange: str = "auto"  # distributed: how K/V move between workers (see backend/kv_exchange.py)
+    kv_exchange: str = "auto"  # distributed: how K/V and the tokens' exchanges move (backend/kv_exchange.py)
     prompt_schedule: PromptSchedule | None = None
     # distributed: "blocks" (block b on worker b mod W) or "tokens" (every worker runs every item
     # on its share of the tokens: sequence parallelism, see cascade/model/context_parallel.py);

@@ -244,8 +244,11 @@ from cascade.schedule import make_schedule
 dist.init_process_group("gloo")
 out, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
 base = load_model("random-tiny")
-executor = RankExecutor("cpu", placement="tokens")
+executors = {}
 for name, case in cases.items():
+    # collective: every rank meets the cases, and so makes its executors, in the same order
+    exchange = case.get("kv_exchange", "auto")
+    executor = executors.setdefault(exchange, RankExecutor("cpu", exchange, placement="tokens"))
     layout = dataclasses.replace(base.layout, height=case["height"], width=case["width"])
     model = dataclasses.replace(base, layout=layout, local_window=case["window"], sink_frames=case["sinks"])
     bwcache = BWCacheConfig(case["steps"], threshold=case["threshold"]) if case["threshold"] is not None else None
@@ -260,7 +263,8 @@ for name, case in cases.items():
         np.save(out / f"{name}.npy", result.latents.numpy())
         traffic = [[c.tick, c.worker, c.blocked_s, c.sent_bytes] for c in result.communication]
         (out / f"{name}.json").write_text(json.dumps({"bwcache": result.bwcache, "cache_shapes": shapes,
-                                                      "workers": result.workers, "traffic": traffic}))
+                                                      "workers": result.workers, "traffic": traffic,
+                                                      "collectives": executor._tokens.collectives_backend}))
 dist.barrier()  # no rank tears its groups down while another still writes
 dist.destroy_process_group()
 """
@@ -303,6 +307,7 @@ def test_three_ranks_run_ring_attention_and_give_the_local_serial_latents(model,
             assert_same_bwcache(stats["bwcache"], oracle.bwcache)
         tokens = cases[name]["height"] // 8 * cases[name]["width"] // 8
         frames = BLOCKS * 3
+        assert stats["collectives"] == "gloo", name  # Ring's functional all-gathers need a C++ backend
         # Ring: every head, a third of every frame's tokens
         assert stats["cache_shapes"] == [[6, 1, frames * share, 4, 48] for share in frame_shares(tokens, 3)], name
         ticks = BLOCKS * (cases[name]["steps"] + 1) - 1  # the serial schedule: the last block has no recache
@@ -311,9 +316,12 @@ def test_three_ranks_run_ring_attention_and_give_the_local_serial_latents(model,
 
 
 def test_two_ranks_keep_half_the_heads_of_the_kv_cache(model, tmp_path):
-    """Ulysses: after the all-to-all each rank holds every token for half the heads, and caches those."""
+    """Ulysses: after the all-to-all each rank holds every token for half the heads, and caches
+    those; its exchanges go through shared memory on one host, through gloo when told to."""
     case = dict(height=56, width=56, window=None, sinks=0, steps=STEPS, threshold=None)
-    ((latents, stats),) = torchrun_tokens(2, {"ulysses": case}, tmp_path).values()
-    video = variant(model, "49 tokens", "global")
-    assert (latents - local(video, make_schedule(BLOCKS, STEPS)).latents).abs().max().item() <= 1e-4
-    assert stats["cache_shapes"] == [[6, 1, BLOCKS * 3 * 49, 2, 48]] * 2
+    runs = torchrun_tokens(2, {"ulysses": case, "ulysses over gloo": {**case, "kv_exchange": "broadcast"}}, tmp_path)
+    oracle = local(variant(model, "49 tokens", "global"), make_schedule(BLOCKS, STEPS)).latents
+    for (latents, stats), collectives in zip(runs.values(), ("cascade_shm", "gloo")):
+        assert (latents - oracle).abs().max().item() <= 1e-4
+        assert stats["cache_shapes"] == [[6, 1, BLOCKS * 3 * 49, 2, 48]] * 2
+        assert stats["collectives"] == collectives

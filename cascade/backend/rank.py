@@ -19,7 +19,8 @@ worker that receives a latent must run the same forward again to get the K/V it 
 worker would end up running every item and the tick would take as long as on one device. K/V
 move (``kv_exchange.py``) through shared memory when every worker is a CPU process of one
 x86-64 host, else with a broadcast from each owner (gloo on CPU, NCCL on GPU), one per owner per
-tick.
+tick. The tokens placement's exchanges take the same way: the ``cascade_shm`` backend
+(``shared_memory_group.py``) for the device mesh's Ulysses dimension, else the group's own.
 
 The ``tokens`` placement (sequence parallelism) uses the same loop the other way round: every
 worker runs every item, each on its share of the tokens, and the job's model exchanges Q/K/V
@@ -33,6 +34,7 @@ worker's collectives took inside its forwards, as its model timed them.
 
 from __future__ import annotations
 
+import socket
 import time
 import weakref
 
@@ -41,6 +43,7 @@ import torch.distributed as dist
 
 from ..schedule import Schedule
 from .base import BlockFn, CommEntry, ExecutionResult, TimelineEntry, report_progress
+from . import shared_memory_group
 from .fingerprint import same_fingerprint, tensor_fingerprint, weight_fingerprint
 from .kv_exchange import (BroadcastExchange, SharedMemoryExchange, block_kv_shape, open_shared_memory_exchange,
                           owner, owners_of, shared_memory_possible)
@@ -50,7 +53,8 @@ COLLECTIVE_TIMEOUT_S = 300.0  # a worker stuck alive in a collective fails after
 # stops the pool. A tick is one forward per worker: well under a second for the bundled model,
 # seconds for Wan2.1 on a GPU; a pool's first run also builds its caches and communicators.
 TICK_TIMEOUT_S = 60.0
-KV_EXCHANGES = ("auto", "shared_memory", "broadcast")  # auto: shared memory where every worker can map it
+# auto: shared memory where every worker can map it, for the K/V and the tokens placement's exchanges
+KV_EXCHANGES = ("auto", "shared_memory", "broadcast")
 # How a run's items spread over the workers: block b on worker b mod W, or every item on every
 # worker, each on its share of the tokens (sequence parallelism)
 PLACEMENTS = ("blocks", "tokens")
@@ -97,10 +101,14 @@ class RankExecutor:
         self._cpu_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         possible = [None] * self.workers
-        dist.all_gather_object(possible, shared_memory_possible(self.device), group=self._cpu_group)
-        if kv_exchange == "shared_memory" and not all(possible):
+        dist.all_gather_object(possible, (shared_memory_possible(self.device), socket.gethostname()),
+                               group=self._cpu_group)
+        one_memory = all(can for can, _ in possible) and len({host for _, host in possible}) == 1
+        if kv_exchange == "shared_memory" and not one_memory:
             raise ValueError("kv_exchange='shared_memory' needs every worker on the CPU of one x86-64 host")
-        self._shared_memory = kv_exchange != "broadcast" and all(possible)
+        self._shared_memory = kv_exchange != "broadcast" and one_memory
+        # the tokens placement's collectives take the same way: shared memory, else the group's backend
+        self._token_collectives = shared_memory_group.register() if self._shared_memory else None
         self._requested = kv_exchange
         self._shm: SharedMemoryExchange | None = None
         self._caches: dict[str, object] = {}  # per placement: the last run's KV cache, reused when it fits
@@ -141,7 +149,8 @@ class RankExecutor:
             self._check_same_job(job)
         tokens = None
         if placement == "tokens":
-            tokens = self._tokens = job.token_parallel(self.device, reuse=self._tokens)
+            tokens = self._tokens = job.token_parallel(self.device, reuse=self._tokens,
+                                                       ulysses_backend=self._token_collectives)
         # An earlier run's cache when it fits: a fresh one costs milliseconds of zeroing and page
         # faults, on the run's clock since the pool's clock starts in the parent.
         cache = self._caches[placement] = job.new_cache(self.device, reuse=self._caches.get(placement), tokens=tokens)

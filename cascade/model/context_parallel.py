@@ -1,6 +1,6 @@
 """Token parallelism for ``CausalWanTransformer``: every process runs every forward on its share
 of the tokens, through diffusers' context parallelism (``ContextParallelConfig``, its device
-mesh, its sharders and its templated Ulysses and Ring attention).
+mesh, its sharders and its templated Ring attention) and a Ulysses attention of our own.
 
 The processes of the initialised torch.distributed group split the tokens of **every latent
 frame**: rank r holds tokens [lo_r, hi_r) of each frame (``torch.tensor_split``'s shares, so a
@@ -9,10 +9,11 @@ sequence is what lets each process keep its share of the block KV cache as an or
 ``KVCache``: with Ring attention it keeps the K/V of its own tokens of every frame (a cache with
 fewer tokens per frame), so local windows and sink frames select frames exactly as on one device.
 
-- **Ulysses** (the heads divide by W): Q/K/V go through diffusers' all-to-all, after which this
-  process holds every token of the forward for H/W heads. Its cache holds those heads for every
-  token: the forward op that diffusers' template calls between the two all-to-alls stages the
-  block's K/V and prepends the cached context.
+- **Ulysses** (the heads divide by W): Q, K and V go out by heads in one all-to-all, after which
+  this process holds every token of the forward for H/W heads. Its cache holds those heads for
+  every token: between the two all-to-alls it stages the block's K/V and prepends the cached
+  context. diffusers' template sends Q, K and V in three all-to-alls, and each exchange costs its
+  latency whatever its size: on the CPU those latencies were most of a forward's communication.
 - **Ring** (otherwise): each process's local K/V are its share of the cached context plus its
   share of the block; diffusers' ring gathers them and merges the partial attentions by their
   log-sum-exp.
@@ -23,20 +24,26 @@ What diffusers' engine did not carry as it is, and how it is extended through it
   per-frame split is its sharders (``EquipartitionSharder``, or ``PartitionAnythingSharder`` when
   the frame's tokens do not divide) applied to a [rows, frames, tokens, ...] view, in hooks
   (``ModelHook``) on the transformer blocks: block 0 splits the hidden states, every block gets
-  the shares of the RoPE tables and per-frame modulation, the last block gathers;
-- the attention: the templated attention takes its forward op as a parameter. Ours returns the
-  log-sum-exp on every device (diffusers' native op refuses it, so its Ring attention needs a
-  CUDA flash or cuDNN kernel) and, for Ulysses, reads and stages the KV cache on the K/V as they
-  are after the all-to-all, which no backend lets a caller reach. Worth proposing upstream: a
-  callback on the exchanged K/V (any KV-cached causal model needs it) and the log-sum-exp from
-  the native backend.
+  the shares of the RoPE tables and per-frame modulation, the last block gathers (a list
+  all-gather, which every backend takes, ``cascade_shm`` included);
+- the attention: the templated Ring attention takes its forward op as a parameter. Ours returns
+  the log-sum-exp on every device (diffusers' native op refuses it, so its Ring attention needs a
+  CUDA flash or cuDNN kernel). Ulysses needs the K/V as they are after the all-to-all, which no
+  backend lets a caller reach, and one exchange for all three. Worth proposing upstream: a
+  callback on the exchanged K/V (any KV-cached causal model needs it), Q/K/V in one all-to-all,
+  and the log-sum-exp from the native backend.
+
+The device mesh's Ulysses dimension takes the backend ``ulysses_backend`` names (the pool names
+``cascade_shm``, collectives through shared memory, for CPU workers of one host), and every
+exchange here goes through that dimension's group; Ring's functional all-gathers need a C++
+backend and stay on the group's own.
 
 **Communication, measured.** Every collective this process takes part in during a forward is
-timed here, where they all pass: Ulysses' all-to-alls and Ring's K/V gather (the templated
-attention's time minus that of the forward op it calls), the last block's gather of the tokens,
-and ``total`` (BWCache's sums). ``traffic()`` hands on what was spent since its last call (the
-pool reads it after each tick). On a GPU each reading of the clock waits for the device, so the
-seconds are the collectives' own rather than their launch.
+timed here, where they all pass: Ulysses' two all-to-alls with the reshuffles around them, Ring's
+K/V gather (the templated attention's time minus that of the forward op it calls), the last
+block's gather of the tokens, and ``total`` (BWCache's sums). ``traffic()`` hands on what was
+spent since its last call (the pool reads it after each tick). On a GPU each reading of the clock
+waits for the device, so the seconds are the collectives' own rather than their launch.
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -90,7 +96,8 @@ class TokenParallel:
     Collective: every process constructs it at the same point.
     """
 
-    def __init__(self, transformer, tokens_per_frame: int, device: torch.device, reuse: "TokenParallel | None" = None):
+    def __init__(self, transformer, tokens_per_frame: int, device: torch.device, reuse: "TokenParallel | None" = None,
+                 ulysses_backend: str | None = None):
         self.ranks, self.rank = dist.get_world_size(), dist.get_rank()
         self.heads = transformer.config.num_attention_heads
         if tokens_per_frame < self.ranks:
@@ -101,19 +108,26 @@ class TokenParallel:
         degree = {"ulysses_degree": self.ranks} if self.kind == ULYSSES else {"ring_degree": self.ranks}
         config = ContextParallelConfig(**degree, ulysses_anything=uneven and self.kind == ULYSSES,
                                        ring_anything=uneven and self.kind == RING)
-        fits = reuse is not None and reuse.mesh.device_type == device.type and reuse.kind == self.kind
+        self.ulysses_backend = ulysses_backend if self.kind == ULYSSES else None
+        fits = (reuse is not None and reuse.mesh.device_type == device.type and reuse.kind == self.kind
+                and reuse.ulysses_backend == self.ulysses_backend)
+        override = {"ulysses": self.ulysses_backend} if self.ulysses_backend else None
         self.mesh = reuse.mesh if fits else init_device_mesh(device.type, config.mesh_shape,
-                                                             mesh_dim_names=config.mesh_dim_names)
+                                                             mesh_dim_names=config.mesh_dim_names,
+                                                             backend_override=override)
         self.config = ParallelConfig(context_parallel_config=config)
         self.config.setup(self.rank, self.ranks, device, mesh=self.mesh)
-        if uneven:
-            # diffusers' uneven gather all-gathers tensors of different sizes, which gloo refuses
-            self._share, self._whole = PartitionAnythingSharder.shard_anything, self._gather_padded
-        else:
-            self._share, self._whole = EquipartitionSharder.shard, EquipartitionSharder.unshard
+        # every exchange of ours goes where Ulysses' all-to-alls go (Ring: the flattened mesh)
+        self._group = (self.mesh["ulysses"] if self.kind == ULYSSES else self._flat).get_group()
+        self._share = PartitionAnythingSharder.shard_anything if uneven else EquipartitionSharder.shard
         self._orders: dict[int, torch.Tensor] = {}
         self.device = device
         self._traffic = Traffic()  # since the last ``traffic()``: every run starts its own TokenParallel
+
+    @property
+    def collectives_backend(self) -> str:
+        """The torch.distributed backend this process's exchanges go through."""
+        return dist.get_backend(self._group)
 
     @property
     def _flat(self):
@@ -161,17 +175,18 @@ class TokenParallel:
     def gather(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Every process's tokens, in frame order: the inverse of ``take`` on every process."""
         start = self._now()
-        whole = self._whole(x.unflatten(1, (frames, -1)), 2, self._flat).flatten(1, 2)
+        whole = self._gather_shares(x.unflatten(1, (frames, -1)), 2).flatten(1, 2)
         self._traffic.add(self._now() - start, *self._gathered_payload(x.nbytes))
         return whole
 
-    def _gather_padded(self, x: torch.Tensor, dim: int, mesh) -> torch.Tensor:
-        """Every process's ``x`` joined along ``dim``, where the shares differ in size: each padded
-        to the largest, gathered, and cut back (one all-gather of equal sizes, as every backend takes)."""
+    def _gather_shares(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Every process's ``x`` joined along ``dim``: each padded to the largest share, gathered,
+        and cut back (one all-gather of equal sizes, which gloo needs when the shares differ; the
+        list form, which a Python backend takes, where diffusers' sharder uses a functional one)."""
         widest = max(self.shares)
         padded = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1 - dim) + (0, widest - x.shape[dim])).contiguous()
         parts = [torch.empty_like(padded) for _ in range(self.ranks)]
-        dist.all_gather(parts, padded, group=mesh.get_group())
+        dist.all_gather(parts, padded, group=self._group)
         return torch.cat([part.narrow(dim, 0, share) for part, share in zip(parts, self.shares)], dim=dim)
 
     def total(self, sums: torch.Tensor) -> torch.Tensor:
@@ -179,7 +194,7 @@ class TokenParallel:
         decisions taken on them (BWCache's) agree."""
         start = self._now()
         parts = [torch.empty_like(sums) for _ in range(self.ranks)]
-        dist.all_gather(parts, sums.contiguous(), group=self._flat.get_group())
+        dist.all_gather(parts, sums.contiguous(), group=self._group)
         self._traffic.add(self._now() - start, sums.nbytes, (self.ranks - 1) * sums.nbytes)
         return torch.stack(parts).sum(0)
 
@@ -202,30 +217,61 @@ class TokenParallel:
         forward and the cached context. ``with_cache(key, value)`` stages the forward's own K/V
         (in frame order) and returns them after the cached context the rows see, with a mask.
 
-        Its communication is the templated attention's time outside the forward op: the
-        exchanges, their waits and the reshuffles around them (for Ring, also the merging of the
-        partial attentions by their log-sum-exp, which one device does not do either)."""
+        Its communication is the time outside the attention itself: the exchanges, their waits
+        and the reshuffles around them (for Ring, also the merging of the partial attentions by
+        their log-sum-exp, which one device does not do either)."""
         if self.kind == ULYSSES:
-            forward_op = partial(_exchanged_attention, with_cache, self._frame_order(frames, key.device))
-            payload = self._ulysses_payload(query, frames)
-        else:
-            key, value, mask = with_cache(key, value)
-            _refuse_mask(mask)
-            forward_op = _attention_op
-            payload = self._gathered_payload(key.nbytes + value.nbytes)
+            return self._ulysses(with_cache, query, key, value, frames)
+        key, value, mask = with_cache(key, value)
+        _refuse_mask(mask)
         computing = []
 
         def timed_op(*args, **kwargs):
             start = self._now()
-            out = forward_op(*args, **kwargs)
+            out = _attention_op(*args, **kwargs)
             computing.append(self._now() - start)
             return out
 
         start = self._now()
         out = _templated_context_parallel_attention(query, key, value, forward_op=timed_op, backward_op=None,
                                                     _parallel_config=self.config)
-        self._traffic.add(self._now() - start - sum(computing), *payload)
+        self._traffic.add(self._now() - start - sum(computing), *self._gathered_payload(key.nbytes + value.nbytes))
         return out
+
+    def _ulysses(self, with_cache, query, key, value, frames: int) -> torch.Tensor:
+        """Ulysses: Q, K and V go out by heads in one all-to-all (diffusers' template sends them in
+        three, each paying the exchange's latency for a third of the bytes), so this process gets
+        every token of the forward for its H/W heads, in rank order. The K/V, put back in frame
+        order, are staged in the cache and joined by the cached context; the output goes back by
+        tokens in a second all-to-all."""
+        rows, mine, heads, dim = query.shape
+        own = heads // self.ranks
+        counts = [frames * share for share in self.shares]  # each rank's tokens of the forward
+        start = self._now()
+        # [W (destination), 3, rows, S_r, H/W, D]
+        outgoing = torch.stack((query, key, value)).unflatten(3, (self.ranks, own)).permute(3, 0, 1, 2, 4, 5)
+        unit = 3 * rows * own * dim
+        arrived = self._all_to_all(outgoing, [unit * mine] * self.ranks, [unit * c for c in counts])
+        q, k, v = torch.cat([part.view(3, rows, c, own, dim) for part, c in zip(arrived, counts)], dim=2).unbind(0)
+        spent = self._now() - start
+        order = self._frame_order(frames, key.device)
+        k, v, mask = with_cache(k.index_select(1, order), v.index_select(1, order))
+        _refuse_mask(mask)
+        out = _attention_op(None, q, k, v)
+        start = self._now()
+        unit = rows * own * dim
+        back = self._all_to_all(torch.cat([part.reshape(-1) for part in out.split(counts, dim=1)]),
+                                [unit * c for c in counts], [unit * mine] * self.ranks)
+        out = torch.stack(back).view(self.ranks, rows, mine, own, dim).permute(1, 2, 0, 3, 4).reshape(query.shape)
+        self._traffic.add(spent + self._now() - start, *self._ulysses_payload(query, frames))
+        return out
+
+    def _all_to_all(self, outgoing: torch.Tensor, sizes: list[int], arriving: list[int]) -> tuple[torch.Tensor, ...]:
+        """``outgoing``'s elements in consecutive parts of ``sizes``, part r to rank r; returns
+        the parts of ``arriving`` sizes that every rank sent here, in rank order."""
+        received = torch.empty(sum(arriving), dtype=outgoing.dtype, device=outgoing.device)
+        dist.all_to_all_single(received, outgoing.reshape(-1), arriving, sizes, group=self._group)
+        return received.split(arriving)
 
     # --- on a transformer ----------------------------------------------------------------------
 
@@ -304,13 +350,3 @@ def _attention_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_caus
     lse = scores.logsumexp(dim=-1, keepdim=True)
     out = (scores - lse).exp() @ v.float()
     return out.to(query.dtype).transpose(1, 2), lse.squeeze(-1).transpose(1, 2)
-
-
-def _exchanged_attention(with_cache, frame_order, ctx, query, key, value, attn_mask=None, *args, **kwargs):
-    """Ulysses' forward op: K/V of every token of the forward (this process's heads) as they
-    arrive from the all-to-all, put back in frame order, staged in the cache and joined by the
-    cached context before attending."""
-    _refuse_mask(attn_mask)
-    key, value, mask = with_cache(key.index_select(1, frame_order), value.index_select(1, frame_order))
-    _refuse_mask(mask)
-    return _attention_op(ctx, query, key, value, None, *args, **kwargs)
