@@ -120,7 +120,6 @@ class TokenParallel:
         # every exchange of ours goes where Ulysses' all-to-alls go (Ring: the flattened mesh)
         self._group = (self.mesh["ulysses"] if self.kind == ULYSSES else self._flat).get_group()
         self._share = PartitionAnythingSharder.shard_anything if uneven else EquipartitionSharder.shard
-        self._orders: dict[int, torch.Tensor] = {}
         self.device = device
         self._traffic = Traffic()  # since the last ``traffic()``: every run starts its own TokenParallel
 
@@ -198,17 +197,6 @@ class TokenParallel:
         self._traffic.add(self._now() - start, sums.nbytes, (self.ranks - 1) * sums.nbytes)
         return torch.stack(parts).sum(0)
 
-    def _frame_order(self, frames: int, device) -> torch.Tensor:
-        """Where each token of a forward lands after Ulysses' all-to-all (every rank's share in
-        rank order) in the frame order the cache is written in: the permutation that restores it."""
-        if frames not in self._orders:
-            tokens = sum(self.shares)
-            starts = [sum(self.shares[:r]) for r in range(self.ranks)]
-            arrived = torch.tensor([f * tokens + starts[r] + i for r in range(self.ranks) for f in range(frames)
-                                    for i in range(self.shares[r])])
-            self._orders[frames] = torch.argsort(arrived).to(device)
-        return self._orders[frames]
-
     # --- attention ---------------------------------------------------------------------------
 
     def attention(self, with_cache, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -241,27 +229,28 @@ class TokenParallel:
     def _ulysses(self, with_cache, query, key, value, frames: int) -> torch.Tensor:
         """Ulysses: Q, K and V go out by heads in one all-to-all (diffusers' template sends them in
         three, each paying the exchange's latency for a third of the bytes), so this process gets
-        every token of the forward for its H/W heads, in rank order. The K/V, put back in frame
-        order, are staged in the cache and joined by the cached context; the output goes back by
+        every token of the forward for its H/W heads, put in frame order as they are joined. The
+        K/V are staged in the cache and joined by the cached context; the output goes back by
         tokens in a second all-to-all."""
         rows, mine, heads, dim = query.shape
         own = heads // self.ranks
-        counts = [frames * share for share in self.shares]  # each rank's tokens of the forward
         start = self._now()
         # [W (destination), 3, rows, S_r, H/W, D]
         outgoing = torch.stack((query, key, value)).unflatten(3, (self.ranks, own)).permute(3, 0, 1, 2, 4, 5)
-        unit = 3 * rows * own * dim
-        arrived = self._all_to_all(outgoing, [unit * mine] * self.ranks, [unit * c for c in counts])
-        q, k, v = torch.cat([part.view(3, rows, c, own, dim) for part, c in zip(arrived, counts)], dim=2).unbind(0)
+        unit = 3 * rows * frames * own * dim
+        arrived = self._all_to_all(outgoing, [unit * self.shares[self.rank]] * self.ranks,
+                                   [unit * share for share in self.shares])
+        # each rank's tokens of every frame, joined frame by frame: [3, rows, frames·T, H/W, D]
+        q, k, v = torch.cat([part.view(3, rows, frames, share, own, dim) for part, share in zip(arrived, self.shares)],
+                            dim=3).flatten(2, 3).unbind(0)
         spent = self._now() - start
-        order = self._frame_order(frames, key.device)
-        k, v, mask = with_cache(k.index_select(1, order), v.index_select(1, order))
+        k, v, mask = with_cache(k, v)
         _refuse_mask(mask)
         out = _attention_op(None, q, k, v)
         start = self._now()
-        unit = rows * own * dim
-        back = self._all_to_all(torch.cat([part.reshape(-1) for part in out.split(counts, dim=1)]),
-                                [unit * c for c in counts], [unit * mine] * self.ranks)
+        unit = rows * frames * own * dim
+        back = self._all_to_all(torch.cat([part.reshape(-1) for part in out.unflatten(1, (frames, -1)).split(self.shares, 2)]),
+                                [unit * share for share in self.shares], [unit * self.shares[self.rank]] * self.ranks)
         out = torch.stack(back).view(self.ranks, rows, mine, own, dim).permute(1, 2, 0, 3, 4).reshape(query.shape)
         self._traffic.add(spent + self._now() - start, *self._ulysses_payload(query, frames))
         return out
