@@ -31,9 +31,9 @@ The **sequence-parallel projection** is what W GPUs would give the serial schedu
 forward's tokens split over them, as the tokens placement runs it (``cascade/model/context_parallel.py``:
 Ulysses where the heads divide by W, else Ring), for W = 2..8 (``--sequence-gpus``). What one
 rank exchanges per forward of one block (``sequence_exchanges``) is, in each layer, Ulysses'
-four all-to-alls of its share of the block's tokens (Q, K and V by heads, the attention's
-output back by tokens; the cached context needs none, as each rank caches its heads of every
-token), or Ring's all-gather of its share of the block's and the cached context's K/V (the
+two all-to-alls of its share of the block's tokens (Q, K and V together by heads, the
+attention's output back by tokens; the cached context needs none, as each rank caches its heads
+of every token), or Ring's all-gather of its share of the block's and the cached context's K/V (the
 context: its mean over the serial schedule's forwards); and once per forward the last block's
 gather of the hidden states. Their time is **measured** on W processes where this machine has
 them (``cascade/collective_costs.py``: W gloo processes on a CPU, NCCL on W GPUs), else
@@ -211,7 +211,7 @@ def sequence_exchanges(geometry: dict, gpus: int) -> dict:
     width = g["heads"] * g["head_dim"] * g["element_bytes"]  # one token of Q, K, V or hidden states
     block = g["frames_per_block"] * share * width
     if g["heads"] % gpus == 0:
-        attention, layer = "ulysses", [("all_to_all", block)] * 4  # Q, K, V, and the output back
+        attention, layer = "ulysses", [("all_to_all", 3 * block), ("all_to_all", block)]  # Q/K/V, the output back
     else:
         context = round(g["mean_context_frames"] * share * width)
         attention, layer = "ring", [("all_gather", 2 * (block + context))]  # K and V, with the context
@@ -383,8 +383,8 @@ def sequence_lines(projected: dict) -> list[str]:
         "",
         f"**Sequence parallelism projected to W GPUs** (the serial schedule, each forward's tokens split over "
         f"them; computed from measured parts): each GPU computes 1/W of the serial run's forward "
-        f"({projected['forward_s'] * 1e3:.1f} ms), then waits for its exchanges: per layer Ulysses' 4 all-to-alls "
-        f"(the {g['heads']} heads divide by W) or Ring's K/V all-gather with the mean cached context "
+        f"({projected['forward_s'] * 1e3:.1f} ms), then waits for its exchanges: per layer Ulysses' 2 all-to-alls "
+        f"(Q/K/V together, then the output; the {g['heads']} heads divide by W) or Ring's K/V all-gather with the mean cached context "
         f"({g['mean_context_frames']:.1f} frames), and one gather of the hidden states per forward; "
         f"{g['layers']} layers, {g['frames_per_block']} frames × {g['tokens_per_frame']} tokens per block, "
         f"{g['heads']} × {g['head_dim']} dims, {g['element_bytes']} bytes each. Measured where this machine has W "
