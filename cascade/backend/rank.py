@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 
 from ..schedule import Schedule
-from .base import BlockFn, CommEntry, ExecutionResult, TimelineEntry, report_progress
 from . import shared_memory_group
+from .base import BlockFn, CommEntry, ExecutionResult, TimelineEntry, report_progress
 from .fingerprint import same_fingerprint, tensor_fingerprint, weight_fingerprint
 from .kv_exchange import (BroadcastExchange, SharedMemoryExchange, block_kv_shape, open_shared_memory_exchange,
                           owner, owners_of, shared_memory_possible)
