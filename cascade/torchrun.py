@@ -45,12 +45,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=1, help="blocks in flight at once (1: serial)")
     parser.add_argument("--stride", type=int, default=None, help="items a block runs before the next starts")
     parser.add_argument("--no-recache", dest="recache", action="store_const", const=False, default=None)
+    parser.add_argument("--joint", action="store_const", const=True, default=None,
+                        help="cascade: denoise the blocks in flight in one forward (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (CPU)")
-    parser.add_argument("--placement", choices=PLACEMENTS, default="blocks",
+    parser.add_argument("--placement", choices=PLACEMENTS, default=None,
                         help="blocks: block b on rank b mod W; tokens: every rank runs every item on its share of "
-                             "the tokens (sequence parallelism)")
+                             "the tokens (sequence parallelism); default: planned, as the app plans it (blocks, "
+                             "but tokens for a run whose ticks are one forward of several blocks)")
     parser.add_argument("--kv-exchange", choices=KV_EXCHANGES, default="auto",
                         help="how K/V move between ranks (auto: shared memory when all ranks share one x86-64 host's CPU)")
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes frames.npy, latents.npy, "
@@ -75,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, device=device)
         request = GenerateRequest(prompt=args.prompt, mode="cascade" if args.window > 1 else "serial", model=args.model,
                                   blocks=args.blocks, steps=args.steps, window=args.window, stride=args.stride,
-                                  recache=args.recache, seed=args.seed, threads=args.threads, executor="distributed",
-                                  workers=dist.get_world_size(), placement=args.placement)
+                                  recache=args.recache, joint=args.joint, seed=args.seed, threads=args.threads,
+                                  executor="distributed", workers=dist.get_world_size(), placement=args.placement)
         request.validate()
         request = request.resolved(model)
-        executor = RankExecutor(device, args.kv_exchange, placement=args.placement)
-        output = BlockCausalPipeline(model)(request.prompts, request.schedule(model), executor, seed=request.seed)
+        executor = RankExecutor(device, args.kv_exchange, placement=request.placement)
+        output = BlockCausalPipeline(model)(request.prompts, request.schedule(model), executor, seed=request.seed,
+                                            joint=request.joint)
         if dist.get_rank() == 0:
             args.out.mkdir(parents=True, exist_ok=True)
             np.save(args.out / "frames.npy", output.frames)

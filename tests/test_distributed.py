@@ -302,24 +302,38 @@ def test_close_stops_every_worker(model, pool):
         generate(model, SCHEDULES["serial"], pool)
 
 
-def test_torchrun_generates_the_same_video(model, tmp_path):
-    schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1)
+def torchrun(folder: Path, *options: str) -> tuple[torch.Tensor, dict]:
+    """The latents and stats of ``cascade.torchrun`` on WORKERS CPU ranks."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORKERS}",
-        "-m", "cascade.torchrun", "--model", "random-tiny", "--prompt", PROMPT,
-        "--blocks", str(BLOCKS), "--steps", str(STEPS), "--window", "2", "--stride", "1",
-        "--seed", str(SEED), "--device", "cpu", "--threads", "1", "--out", str(tmp_path),
+        "-m", "cascade.torchrun", "--model", "random-tiny", "--prompt", PROMPT, "--blocks", str(BLOCKS),
+        "--steps", str(STEPS), "--seed", str(SEED), "--device", "cpu", "--threads", "1", "--out", str(folder), *options,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    latents = torch.from_numpy(np.load(tmp_path / "latents.npy"))
+    assert (folder / "video.mp4").stat().st_size > 0
+    return torch.from_numpy(np.load(folder / "latents.npy")), json.loads((folder / "stats.json").read_text())
+
+
+def test_torchrun_generates_the_same_video(model, tmp_path):
+    schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1)
+    latents, stats = torchrun(tmp_path, "--window", "2", "--stride", "1")
     assert (latents - local_latents(model, schedule)).abs().max().item() <= 1e-4
-    stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["workers"] == WORKERS and stats["forwards"] == schedule.num_items
     assert stats["kv_exchange"] == ("shared_memory" if SHARED_MEMORY else "broadcast")
+    assert stats["placement"] == "blocks"
     assert {e["worker"] for e in stats["timeline"]} == set(range(WORKERS))
-    assert (tmp_path / "video.mp4").stat().st_size > 0
+
+
+def test_torchrun_plans_a_joint_cascade_onto_the_tokens_placement(model, tmp_path):
+    """A joint tick is one forward of its blocks, which only the tokens placement runs: planned so."""
+    schedule = make_schedule(BLOCKS, STEPS, window=2, stride=1, joint=True)
+    latents, stats = torchrun(tmp_path, "--window", "2", "--stride", "1", "--joint")
+    oracle = generate(model, schedule, LocalExecutor(threads=1), joint=True)
+    assert (latents - oracle.latents).abs().max().item() <= 1e-4
+    assert stats["placement"] == "tokens" and stats["joint"] is True
+    assert stats["model_calls"] == oracle.model_calls == schedule.num_ticks  # one forward per tick, as on one device
 
 
 RANKS_WITHOUT_SHARED_MEMORY = """
