@@ -198,6 +198,29 @@ def test_the_attentions_communication_leaves_out_its_forward_ops_time(monkeypatc
     assert ring.traffic() == context_parallel.Traffic()  # handed on, so the next tick starts from nothing
 
 
+def test_ulysses_communication_is_its_two_exchanges_not_the_attention_between_them(monkeypatch):
+    """Ulysses' time in its two all-to-alls (here 0.01 s stand-ins) is communication; the attention
+    between them (a 0.3 s stand-in) is not. Its payload: the others' heads of this rank's Q, K and
+    V out, this rank's heads of their tokens back, and the same for the output the other way."""
+    from cascade.model import context_parallel
+
+    def exchange(outgoing, sizes, arriving):
+        time.sleep(0.01)
+        return torch.zeros(sum(arriving)).split(arriving)
+
+    monkeypatch.setattr(context_parallel, "_attention_op", lambda ctx, q, k, v, *a, **kw: time.sleep(0.3) or q)
+    ulysses = object.__new__(context_parallel.TokenParallel)  # rank 0 of 2, 2 heads, 2 of 4 tokens per frame
+    ulysses.kind, ulysses.ranks, ulysses.rank, ulysses.shares = context_parallel.ULYSSES, 2, 0, [2, 2]
+    ulysses.device, ulysses._traffic, ulysses._all_to_all = torch.device("cpu"), context_parallel.Traffic(), exchange
+    query = key = value = torch.zeros(1, 2, 2, 4)
+    out = ulysses.attention(lambda k, v: (k, v, None), query, key, value, frames=1)
+    assert out.shape == query.shape
+    spent = ulysses.traffic()
+    assert 0.02 <= spent.seconds < 0.3
+    # 4 dims × 4 bytes per token and head: Q, K, V of 2 tokens × the other head, out: 2 tokens × 1 head
+    assert (spent.sent, spent.received) == (16 * (3 * 2 + 2), 16 * (3 * 2 + 2))
+
+
 def test_a_tokens_request_needs_a_pool():
     with pytest.raises(ValueError, match="placement tokens .* distributed executor"):
         GenerateRequest(prompt="a red ball", placement="tokens").validate()

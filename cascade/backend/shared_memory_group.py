@@ -1,19 +1,19 @@
 """A torch.distributed backend for processes of one host: collectives through shared memory.
 
-The tokens placement runs two dozen collectives in every forward (Ulysses' four all-to-alls per
+The tokens placement runs over a dozen collectives in every forward (Ulysses' two all-to-alls per
 layer and a gather), each of a few tens of kB for the bundled model. Through gloo on loopback
 each costs about 0.4 ms when both processes are idle and over a millisecond beside a busy peer
 (two trips through the kernel and gloo's own threads, which take the core the forward runs on):
 longer than the compute they split. Here a process writes its share into its outbox in shared
 memory, bumps a counter and copies the others' shares straight out of theirs, so one exchange
-costs a copy on each side and a few microseconds of polling.
+costs a copy on each side and tens of microseconds of Python and polling.
 
 It plugs in where torch.distributed takes third-party backends (``Backend.register_backend``, a
-``ProcessGroup`` subclass, as torch's own threaded test backend does), so diffusers' functional
-all-to-all runs on it unchanged: ``DeviceMesh``'s ``backend_override`` names it for the Ulysses
-dimension. It implements what that path and our token gathers call: ``all_to_all_single``,
-``allgather``, ``broadcast`` and ``barrier``. Functional all-gathers (Ring attention's) need a
-C++ backend; those stay on gloo.
+``ProcessGroup`` subclass, as torch's own threaded test backend does), so ``dist.all_to_all_single``
+and ``dist.all_gather`` run on it unchanged: ``DeviceMesh``'s ``backend_override`` names it for
+the Ulysses dimension. It implements what those and the object collectives call:
+``all_to_all_single``, ``allgather``, ``broadcast`` and ``barrier``. Functional all-gathers
+(diffusers' Ring attention's) need a C++ backend; those stay on gloo.
 
 Layout of one group's file: a row of counters per rank (64 bytes, no false sharing; each written
 only by its rank: collectives it posted, collectives it has read, and the rounds each of the two
