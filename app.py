@@ -79,6 +79,7 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
 
     from cascade.service import COMPARE_RUNS, DEFAULT_RUNS, MAX_PROMPT_CHARS, RUN_LABELS
     from cascade.ui.errors import user_error
+    from cascade.ui.quiet_queue import quiet_queue
     from cascade.ui.replay import race_replay
     from cascade.ui.updates import OUTPUTS, page_updates
 
@@ -144,7 +145,7 @@ def build_demo(backend, queue_size: int = QUEUE_SIZE) -> "gr.Blocks":
               outputs=[shown[name] for name in OUTPUTS], api_visibility="private", concurrency_id=BACKEND,
               concurrency_limit=1, show_progress="full", show_progress_on=[shown["speedup"]])
         gr.api(api_function(backend), api_name="compare", concurrency_id=BACKEND, concurrency_limit=1)
-    return demo.queue(max_size=queue_size)
+    return quiet_queue(demo.queue(max_size=queue_size))
 
 
 def settings_panel(device: str, offer) -> list:

@@ -314,7 +314,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         rotary_emb = self._rope(start_frames, frames, grid_h, grid_w, hidden_states.device)
         tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
-        temb, modulation = self._time_embedding(timestep, rows, frames, grid_h * grid_w, tokens.dtype)
+        temb, modulation = self._time_embedding(timestep, rows, frames, grid_h * grid_w, tokens)
         context = self._text_context(encoder_hidden_states, kv_cache)
 
         if row_keys is not None and len(row_keys) != rows:
@@ -363,11 +363,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         frames = torch.tensor(shifts, device=cos.device)
         return cos[0, frames].unsqueeze(1).to(device), sin[0, frames].unsqueeze(1).to(device)
 
-    def _time_embedding(self, timestep: torch.Tensor, rows: int, frames: int, per_frame: int, dtype):
+    def _time_embedding(self, timestep: torch.Tensor, rows: int, frames: int, per_frame: int, tokens: torch.Tensor):
         """Scalar timesteps take diffusers' own path; per-frame ones are embedded per frame and
-        spread to that frame's tokens."""
+        spread to that frame's tokens (of ``tokens``' device and dtype: diffusers' ``self.device``
+        walks every module, about a millisecond per forward of the bundled model)."""
         embedder = self.condition_embedder
-        timestep = torch.as_tensor(timestep, device=self.device)
+        dtype = tokens.dtype
+        timestep = torch.as_tensor(timestep, device=tokens.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(rows)
         per_frame_steps = timestep.ndim == 2
