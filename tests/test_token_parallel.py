@@ -206,7 +206,7 @@ def test_ulysses_communication_is_its_two_exchanges_not_the_attention_between_th
 
     def exchange(outgoing, sizes, arriving):
         time.sleep(0.01)
-        return torch.zeros(sum(arriving)).split(arriving)
+        return torch.zeros(sum(arriving))
 
     monkeypatch.setattr(context_parallel, "_attention_op", lambda ctx, q, k, v, *a, **kw: time.sleep(0.3) or q)
     ulysses = object.__new__(context_parallel.TokenParallel)  # rank 0 of 2, 2 heads, 2 of 4 tokens per frame

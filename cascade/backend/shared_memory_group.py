@@ -167,8 +167,10 @@ class SharedMemoryGroup(dist.ProcessGroup):
 
     def _exchange(self, sends: list[torch.Tensor], receives: list[torch.Tensor]) -> None:
         """Every rank's ``sends[d]`` (bytes) lands in rank d's ``receives[src]``, in rounds of
-        ``REGION_BYTES`` per destination; the first round's headers give the number of rounds."""
-        rounds = max(1, *(-(-s.numel() // REGION_BYTES) for s in sends))
+        ``REGION_BYTES`` per destination; the first round's headers give the number of rounds.
+        A rank's share for itself is copied straight across, not through its outbox."""
+        receives[self._rank].copy_(sends[self._rank])
+        rounds = max([1, *(-(-s.numel() // REGION_BYTES) for d, s in enumerate(sends) if d != self._rank)])
         done = 0
         while True:
             phase = self._post(sends, done * REGION_BYTES, rounds)
@@ -185,9 +187,9 @@ class SharedMemoryGroup(dist.ProcessGroup):
         phase = number & 1
         self._wait(_READ, number - 1, "the other ranks to read an earlier collective")
         outbox = self._regions[phase][self._rank]
-        for region, data in zip(outbox, sends):
+        for destination, (region, data) in enumerate(zip(outbox, sends)):
             part = data[offset: offset + REGION_BYTES]
-            if part.numel():
+            if part.numel() and destination != self._rank:
                 region[: part.numel()].copy_(part)
         self._counters[self._rank, _ROUNDS + phase] = rounds
         self._sequence = number + 1
@@ -199,7 +201,7 @@ class SharedMemoryGroup(dist.ProcessGroup):
         inboxes = self._regions[phase]
         for src, out in enumerate(receives):
             part = out[offset: offset + REGION_BYTES]
-            if part.numel():
+            if part.numel() and src != self._rank:
                 part.copy_(inboxes[src][self._rank][: part.numel()])
         self._counters[self._rank, _READ] = self._sequence
 

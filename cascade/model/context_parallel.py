@@ -235,11 +235,12 @@ class TokenParallel:
         rows, mine, heads, dim = query.shape
         own = heads // self.ranks
         start = self._now()
-        # [W (destination), 3, rows, S_r, H/W, D]
-        outgoing = torch.stack((query, key, value)).unflatten(3, (self.ranks, own)).permute(3, 0, 1, 2, 4, 5)
+        # [W (destination), 3, rows, S_r, H/W, D], made contiguous by the stack itself
+        outgoing = torch.stack([x.unflatten(2, (self.ranks, own)).permute(2, 0, 1, 3, 4)
+                                for x in (query, key, value)], dim=1)
         unit = 3 * rows * frames * own * dim
-        arrived = self._all_to_all(outgoing, [unit * self.shares[self.rank]] * self.ranks,
-                                   [unit * share for share in self.shares])
+        arriving = [unit * share for share in self.shares]
+        arrived = self._all_to_all(outgoing, [unit * self.shares[self.rank]] * self.ranks, arriving).split(arriving)
         # each rank's tokens of every frame, joined frame by frame: [3, rows, frames·T, H/W, D]
         q, k, v = torch.cat([part.view(3, rows, frames, share, own, dim) for part, share in zip(arrived, self.shares)],
                             dim=3).flatten(2, 3).unbind(0)
@@ -251,16 +252,18 @@ class TokenParallel:
         unit = rows * frames * own * dim
         back = self._all_to_all(torch.cat([part.reshape(-1) for part in out.unflatten(1, (frames, -1)).split(self.shares, 2)]),
                                 [unit * share for share in self.shares], [unit * self.shares[self.rank]] * self.ranks)
-        out = torch.stack(back).view(self.ranks, rows, mine, own, dim).permute(1, 2, 0, 3, 4).reshape(query.shape)
+        # every rank's heads of this process's tokens, in equal consecutive parts: [W, rows, S_r, H/W, D]
+        out = back.view(self.ranks, rows, mine, own, dim).permute(1, 2, 0, 3, 4).reshape(query.shape)
         self._traffic.add(spent + self._now() - start, *self._ulysses_payload(query, frames))
         return out
 
-    def _all_to_all(self, outgoing: torch.Tensor, sizes: list[int], arriving: list[int]) -> tuple[torch.Tensor, ...]:
-        """``outgoing``'s elements in consecutive parts of ``sizes``, part r to rank r; returns
-        the parts of ``arriving`` sizes that every rank sent here, in rank order."""
+    def _all_to_all(self, outgoing: torch.Tensor, sizes: list[int], arriving: list[int]) -> torch.Tensor:
+        """``outgoing`` (contiguous) in consecutive parts of ``sizes`` elements, part r to rank r;
+        returns what every rank sent here, one flat tensor of consecutive ``arriving`` parts in
+        rank order."""
         received = torch.empty(sum(arriving), dtype=outgoing.dtype, device=outgoing.device)
-        dist.all_to_all_single(received, outgoing.reshape(-1), arriving, sizes, group=self._group)
-        return received.split(arriving)
+        dist.all_to_all_single(received, outgoing.view(-1), arriving, sizes, group=self._group)
+        return received
 
     # --- on a transformer ----------------------------------------------------------------------
 
